@@ -1,0 +1,271 @@
+"""Index-based video input pipeline: numpy batches, exact resumption.
+
+Every training example is a pure function of (seed, g), g the position in the
+global example stream: g -> (epoch, position) -> example index through a
+per-epoch permutation of the split; clip start, flip and the K image frames
+come from numpy's generator seeded with (seed, g). Host p of P takes stream
+positions [step * G + p * b, step * G + (p + 1) * b) of global batch `step`
+(b = G / P), so hosts read disjoint examples whose union is the global batch,
+and the iterator's whole state is the step counter.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from vdm_jax.data import preprocess, registry
+from vdm_jax.data.config import DataConfig
+from vdm_jax.data.tf_setup import tfds
+
+Batch = dict[str, np.ndarray]
+EVAL_SEED = 0
+
+
+class _ExampleReader:
+  """Turns (example index, rng) into one preprocessed numpy example."""
+
+  def __init__(self, config: DataConfig, split: str):
+    self.config = config
+    self.spec = registry.get_spec(config.name)
+    self.source = registry.open_source(config.name, split,
+                                       config.resolved_data_dir)
+    if len(self.source) == 0:
+      raise ValueError(f"Split {split!r} of {config.name!r} is empty.")
+    self.image_source = None
+    if config.image_frames and config.image_dataset:
+      builder = tfds.builder(config.image_dataset,
+                             data_dir=config.resolved_data_dir)
+      self.image_source = builder.as_data_source(split=config.image_split)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _video(self, index: int) -> tuple[np.ndarray, int]:
+    example = self.source[int(index)]
+    return (registry.read_video(example, self.spec),
+            registry.read_label(example, self.spec))
+
+  def _image_frames(self, rng: np.random.Generator, channels: int
+                    ) -> np.ndarray:
+    """K independent frames uint8 [K, R, R, C]."""
+    frames = []
+    for _ in range(self.config.image_frames):
+      if self.image_source is not None:
+        image = self.image_source[int(rng.integers(len(self.image_source)))]
+        image = np.asarray(image["image"])
+        frame = image[None] if image.ndim == 3 else image[None, ..., None]
+      else:
+        video, _ = self._video(int(rng.integers(len(self.source))))
+        t = int(rng.integers(video.shape[0]))
+        frame = video[t:t + 1]
+      frame = preprocess.center_crop_resize(frame, self.config.resolution)
+      frames.append(preprocess.match_channels(frame, channels))
+    return np.concatenate(frames)
+
+  def example(self, index: int, rng: np.random.Generator, train: bool
+              ) -> tuple[np.ndarray, int]:
+    """Returns (video float32 [T + K, R, R, C] in [-1, 1], label)."""
+    cfg = self.config
+    video, label = self._video(index)
+    start = (preprocess.random_start(rng, video.shape[0], cfg.num_frames,
+                                     cfg.frame_stride) if train else 0)
+    clip = preprocess.temporal_crop(video, cfg.num_frames, cfg.frame_stride,
+                                    start)
+    clip = preprocess.center_crop_resize(clip, cfg.resolution)  # [T, R, R, C]
+    if train and cfg.random_flip and rng.random() < 0.5:
+      clip = clip[:, :, ::-1]
+    if cfg.image_frames:
+      clip = np.concatenate([clip, self._image_frames(rng, clip.shape[-1])])
+    return preprocess.to_float(clip), label
+
+
+def _image_mask(batch_size: int, config: DataConfig) -> np.ndarray:
+  """bool [b, T + K], True on the K appended image frames."""
+  mask = np.zeros((batch_size, config.num_frames + config.image_frames), bool)
+  mask[:, config.num_frames:] = True
+  return mask
+
+
+class TrainIterator(Iterator[Batch]):
+  """Infinite iterator over this host's training batches (numpy dicts).
+
+  Yields {'video': float32 [b, T + K, R, R, C] in [-1, 1], 'label': int32 [b],
+  'image_mask': bool [b, T + K]}. get_state()/set_state() save and restore the
+  position exactly (the state is the number of batches consumed).
+  """
+
+  def __init__(self, config: DataConfig, global_batch_size: int, *, seed: int,
+               process_index: int, process_count: int):
+    self.config = config
+    self.global_batch_size = global_batch_size
+    self.batch_size = global_batch_size // process_count
+    self.seed = seed
+    self.process_index = process_index
+    self.reader = _ExampleReader(config, config.train_split)
+    self.num_examples = len(self.reader)
+    self._step = 0
+    self._pool = (concurrent.futures.ThreadPoolExecutor(
+        max(config.num_workers, 1), thread_name_prefix="vdm_data")
+                  if config.prefetch else None)
+    self._pending: collections.deque = collections.deque()
+
+  @functools.lru_cache(maxsize=4)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if self.config.shuffle_buffer == 0:
+      return np.arange(self.num_examples)
+    return np.random.default_rng([self.seed, epoch, 1]).permutation(
+        self.num_examples)
+
+  def stream_positions(self, step: int) -> np.ndarray:
+    """Global stream positions int64 [b] of this host's part of batch step."""
+    first = step * self.global_batch_size + self.process_index * self.batch_size
+    return np.arange(first, first + self.batch_size, dtype=np.int64)
+
+  def example_indices(self, step: int) -> np.ndarray:
+    """Dataset indices int64 [b] this host reads for batch `step`."""
+    epochs, pos = np.divmod(self.stream_positions(step), self.num_examples)
+    return np.array([self._permutation(int(e))[p] for e, p in zip(epochs, pos)])
+
+  def make_batch(self, step: int) -> Batch:
+    """This host's batch number `step` (a pure function of the step)."""
+    videos, labels = [], []
+    for g, index in zip(self.stream_positions(step),
+                        self.example_indices(step)):
+      rng = np.random.default_rng([self.seed, int(g), 0])
+      video, label = self.reader.example(int(index), rng, train=True)
+      videos.append(video)
+      labels.append(label)
+    return {"video": np.stack(videos),
+            "label": np.asarray(labels, np.int32),
+            "image_mask": _image_mask(self.batch_size, self.config)}
+
+  def _fill(self) -> None:
+    while len(self._pending) < self.config.prefetch:
+      step = self._step + len(self._pending)
+      self._pending.append(self._pool.submit(self.make_batch, step))
+
+  def __next__(self) -> Batch:
+    if self._pool is None:
+      batch = self.make_batch(self._step)
+    else:
+      self._fill()
+      batch = self._pending.popleft().result()
+    self._step += 1
+    if self._pool is not None:
+      self._fill()
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """JSON-serialisable position: batches consumed plus sanity fields."""
+    return {"step": self._step, "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "num_examples": self.num_examples, "name": self.config.name}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Continues from another iterator's get_state() (cheap, no replay).
+
+    Raises:
+      ValueError: the state comes from another seed, batch size or dataset.
+    """
+    current = self.get_state()
+    for key in ("seed", "global_batch_size", "num_examples", "name"):
+      if state.get(key) != current[key]:
+        raise ValueError(
+            f"Iterator state has {key}={state.get(key)!r} but this iterator "
+            f"has {current[key]!r}: resume with the same data config, seed "
+            "and global batch size.")
+    for future in self._pending:
+      future.cancel()
+    self._pending.clear()
+    self._step = int(state["step"])
+
+  def close(self) -> None:
+    """Stops the background threads."""
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_train_iterator(config: DataConfig, global_batch_size: int, *,
+                          seed: int, process_index: int | None = None,
+                          process_count: int | None = None) -> TrainIterator:
+  """Infinite, shuffled, per-host training iterator (see TrainIterator).
+
+  Args:
+    config: data config.
+    global_batch_size: G, batch size over all hosts.
+    seed: non-negative int; same seed -> same batches.
+    process_index: this host; None -> jax.process_index().
+    process_count: hosts; None -> jax.process_count().
+
+  Raises:
+    ValueError: G not divisible by the process count, bad seed, bad dataset.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+        f"global_batch_size={global_batch_size} must be a positive multiple "
+        f"of the process count {process_count}.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in "
+                     f"[0, {process_count}).")
+  if seed < 0:
+    raise ValueError(f"seed must be >= 0, got {seed}.")
+  return TrainIterator(config, global_batch_size, seed=seed,
+                       process_index=process_index,
+                       process_count=process_count)
+
+
+def create_eval_iterator(config: DataConfig, batch_size: int, *,
+                         num_examples: int | None = None,
+                         split: str | None = None) -> Iterator[Batch]:
+  """Finite, unshuffled, deterministic evaluation batches.
+
+  Examples 0 .. n-1 of the split in order; each clip starts at frame 0, no
+  flip. The last batch is padded with zero videos to batch_size; 'valid'
+  bool [b] marks the real examples.
+
+  Args:
+    config: data config.
+    batch_size: examples per batch (this host reads all of them).
+    num_examples: first n examples; None -> the whole split.
+    split: None -> config.eval_split.
+
+  Raises:
+    ValueError: batch_size < 1 or num_examples out of range.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+  reader = _ExampleReader(config, split or config.eval_split)
+  n = len(reader) if num_examples is None else num_examples
+  if not 0 < n <= len(reader):
+    raise ValueError(f"num_examples={num_examples} must be in "
+                     f"[1, {len(reader)}] for this split.")
+  return _eval_batches(reader, config, batch_size, n)
+
+
+def _eval_batches(reader: _ExampleReader, config: DataConfig, batch_size: int,
+                  n: int) -> Iterator[Batch]:
+  for first in range(0, n, batch_size):
+    indices = range(first, min(first + batch_size, n))
+    pairs = [reader.example(i, np.random.default_rng([EVAL_SEED, i]),
+                            train=False) for i in indices]
+    videos = np.stack([v for v, _ in pairs])
+    labels = np.asarray([l for _, l in pairs], np.int32)
+    pad = batch_size - len(pairs)
+    valid = np.arange(batch_size) < len(pairs)
+    yield {
+        "video": np.concatenate([videos, np.zeros((pad,) + videos.shape[1:],
+                                                  np.float32)]),
+        "label": np.concatenate([labels, np.zeros(pad, np.int32)]),
+        "image_mask": _image_mask(batch_size, config),
+        "valid": valid,
+    }

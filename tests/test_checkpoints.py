@@ -207,6 +207,20 @@ def test_bad_inputs_rejected(tmp_path):
     assert ckpt.all_steps() == []
 
 
+def test_latest_step_skips_save_in_flight(tmp_path):
+  make_state = _load_child_module().make_state
+  with Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(1, make_state(1))
+    ckpt.wait_until_finished()
+    ckpt.save(2, make_state(2))  # ~36 MB: its background write takes well over 10 ms
+    latest_during, steps_during = ckpt.latest_step(), ckpt.all_steps()
+    still_writing = "2" not in os.listdir(tmp_path)  # checked after: the rename is one-way
+    assert still_writing, "the async save finished too fast for this test"
+    assert latest_during == 1 and steps_during == [1]
+    ckpt.wait_until_finished()
+    assert ckpt.latest_step() == 2 and ckpt.all_steps() == [1, 2]
+
+
 def _load_child_module():
   spec = importlib.util.spec_from_file_location("_ckpt_kill_child",
                                                 os.path.join(HERE, "_ckpt_kill_child.py"))

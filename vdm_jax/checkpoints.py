@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 PyTree = Any
 
@@ -98,12 +99,17 @@ class Checkpointer:
         self.directory, options=options, item_names=ITEM_NAMES, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
-    """The newest finalized step, or None when there is none."""
-    return self._manager.latest_step()
+    """The newest finalized step, or None when there is none (an async save in flight is not)."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    """All finalized (or being saved by this process) steps, ascending."""
-    return sorted(self._manager.all_steps())
+    """All finalized steps, ascending; a step whose async save is still being written is left out."""
+    steps = sorted(self._manager.all_steps())
+    if steps and self._manager.is_saving_in_progress():
+      # Orbax lists the in-flight step at once; it is complete only once renamed from its tmp dir.
+      steps = [s for s in steps if (epath.Path(self.directory) / str(s)).exists()]
+    return steps
 
   def save(self, step: int, state: PyTree, *, data_state: dict | None = None,
            manifest: dict | None = None, check_finite: bool = True) -> None:
@@ -127,7 +133,7 @@ class Checkpointer:
     step = int(step)
     if step < 0:
       raise ValueError(f"checkpoint step must be >= 0, got {step}")
-    if step in self._manager.all_steps():
+    if step in self._manager.all_steps():  # finalized or in flight
       logging.warning("Checkpoint step %d already saved in %s; not saving it again.", step,
                       self.directory)
       return

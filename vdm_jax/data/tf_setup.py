@@ -12,4 +12,6 @@ tf.config.set_visible_devices([], "GPU")
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+tfds.disable_progress_bar()
+
 __all__ = ["tf", "tfds"]

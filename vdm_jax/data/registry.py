@@ -160,7 +160,7 @@ def dataset_info(config: DataConfig) -> DatasetInfo:
   train = open_source(config.name, config.train_split, data_dir)
   evals = open_source(config.name, config.eval_split, data_dir)
   features = builder.info.features
-  shape = tuple(features[spec.video_key].shape)  # (T, H, W, C)
+  shape = tuple(features.shape[spec.video_key])  # (T, H, W, C)
   num_classes = features[spec.label_key].num_classes if spec.label_key else 0
   info = DatasetInfo(
       name=config.name, num_classes=int(num_classes), num_frames=shape[0],

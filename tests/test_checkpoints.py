@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
-from vdm_jax.checkpoints import Checkpointer, abstract_like
+from vdm_jax.checkpoints import Checkpointer, abstract_like, library_versions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -128,6 +128,14 @@ def test_max_to_keep_latest_and_manifest(tmp_path):
   with pytest.raises(FileNotFoundError, match="step 10"):
     reader.read_manifest(10)
   reader.close()
+
+
+def test_library_versions_go_into_a_manifest(tmp_path):
+  versions = library_versions()
+  assert versions["jax"] == jax.__version__ and versions["orbax-checkpoint"] == "0.12.8"
+  with Checkpointer(str(tmp_path), async_save=False) as ckpt:
+    ckpt.save(0, {"x": jnp.zeros(3)}, manifest={"versions": versions})
+    assert ckpt.read_manifest(0)["versions"] == versions
 
 
 def test_same_step_is_noop_and_older_step_refused(tmp_path):

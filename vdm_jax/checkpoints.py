@@ -25,8 +25,10 @@ Usage:
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +62,21 @@ def abstract_like(state: PyTree, shardings: PyTree | jax.sharding.Sharding | Non
   if isinstance(shardings, jax.sharding.Sharding):
     return jax.tree.map(lambda x: _sds(x, shardings), state)
   return jax.tree.map(_sds, state, shardings)
+
+
+def library_versions() -> dict[str, str]:
+  """Versions of Python and the pinned libraries, for the manifest ("not installed" if absent)."""
+  versions = {"python": platform.python_version()}
+  for dist in _VERSIONED_DISTRIBUTIONS:
+    try:
+      versions[dist] = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+      versions[dist] = "not installed"
+  return versions
+
+
+_VERSIONED_DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+                            "tensorflow-datasets", "ml-collections")
 
 
 def _sds(x: Any, sharding: jax.sharding.Sharding | None) -> jax.ShapeDtypeStruct:

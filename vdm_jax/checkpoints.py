@@ -121,7 +121,7 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    """All finalized steps, ascending; a step whose async save is still being written is left out."""
+    """All finalized steps, ascending; a step whose async save is still in flight is left out."""
     steps = sorted(self._manager.all_steps())
     if steps and self._manager.is_saving_in_progress():
       # Orbax lists the in-flight step at once; it is complete only once renamed from its tmp dir.

@@ -144,7 +144,9 @@ def read_video(example: dict[str, Any], spec: DatasetSpec) -> np.ndarray:
 
 def read_label(example: dict[str, Any], spec: DatasetSpec) -> int:
   """Class label of a decoded example, 0 when the dataset has none."""
-  return int(example[spec.label_key]) if spec.label_key else 0
+  if spec.label_key and spec.label_key in example:
+    return int(example[spec.label_key])
+  return 0
 
 
 def dataset_info(config: DataConfig) -> DatasetInfo:
@@ -161,7 +163,8 @@ def dataset_info(config: DataConfig) -> DatasetInfo:
   evals = open_source(config.name, config.eval_split, data_dir)
   features = builder.info.features
   shape = tuple(features.shape[spec.video_key])  # (T, H, W, C)
-  num_classes = features[spec.label_key].num_classes if spec.label_key else 0
+  has_label = spec.label_key and spec.label_key in features.keys()
+  num_classes = features[spec.label_key].num_classes if has_label else 0
   info = DatasetInfo(
       name=config.name, num_classes=int(num_classes), num_frames=shape[0],
       channels=int(shape[-1]) if shape[-1] else 3,

@@ -1,0 +1,48 @@
+r"""Turns a folder of video files into a TFDS dataset for vdm_jax.
+
+  python scripts/make_video_dataset.py --input_dir=~/my_videos --name=mine \
+      --num_frames=16 --resolution=64 --frame_stride=2 --test_fraction=0.1
+
+Videos (mp4, avi, webm, gif, mov, mkv) directly in input_dir are unlabelled;
+videos in subfolders are labelled by the subfolder name. Unreadable files are
+skipped and listed in the report (printed, and saved as report.json beside the
+data). Train with DataConfig(name="folder/mine", data_dir=<same data_dir>).
+"""
+
+import json
+
+from absl import app, flags
+
+from vdm_jax.data import DataConfig
+from vdm_jax.data.builders import video_folder
+
+_INPUT = flags.DEFINE_string("input_dir", None, "Folder of video files.",
+                             required=True)
+_NAME = flags.DEFINE_string("name", None, "Dataset name (folder/<name>).",
+                            required=True)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "TFDS data dir; default $VDM_DATA_DIR or "
+    "~/tensorflow_datasets.")
+_FRAMES = flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
+_RES = flags.DEFINE_integer("resolution", 64, "Output height and width.")
+_STRIDE = flags.DEFINE_integer("frame_stride", 1, "Keep every n-th frame.")
+_FPS = flags.DEFINE_float("fps", None, "Resample to this frame rate instead.")
+_MAX_CLIPS = flags.DEFINE_integer("max_clips_per_video", None,
+                                  "Cap on clips per video.")
+_TEST = flags.DEFINE_float("test_fraction", 0.0,
+                           "Fraction of videos held out as the test split.")
+
+
+def main(argv):
+  del argv
+  data_dir = DataConfig(data_dir=_DATA_DIR.value).resolved_data_dir
+  report = video_folder.make_folder_dataset(
+      _INPUT.value, _NAME.value, data_dir, num_frames=_FRAMES.value,
+      resolution=_RES.value, frame_stride=_STRIDE.value, fps=_FPS.value,
+      max_clips_per_video=_MAX_CLIPS.value, test_fraction=_TEST.value)
+  print(json.dumps({k: report[k] for k in ("num_read", "num_skipped",
+                                           "num_clips", "skipped")}, indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)

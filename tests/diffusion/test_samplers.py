@@ -1,0 +1,196 @@
+"""Samplers driven by exact (oracle) denoisers (MATH.md section 5)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdm_jax.diffusion import parameterization as p
+from vdm_jax.diffusion import samplers as smp
+from vdm_jax.diffusion.schedule import CosineSchedule, alpha_sigma
+
+
+def oracle_for_x_fn(x_hat_fn, prediction):
+  """denoise_fn returning the exact posterior mean x_hat_fn(z, alpha, sigma) as a `prediction`."""
+
+  def denoise_fn(z, logsnr, cond):
+    alpha, sigma = alpha_sigma(logsnr)
+    a, s = p.broadcast_to(alpha, z), p.broadcast_to(sigma, z)
+    x_hat = x_hat_fn(z, a, s)
+    return p.target_for(x_hat, (z - a * x_hat) / s, alpha, sigma, prediction)
+
+  return denoise_fn
+
+
+@pytest.mark.parametrize("prediction", ["v", "eps", "x"])
+def test_ddim_returns_the_single_data_point(prediction):
+  x0 = jax.random.uniform(jax.random.key(0), (1, 4, 6, 6, 3), minval=-0.9, maxval=0.9)
+  denoise_fn = oracle_for_x_fn(lambda z, a, s: jnp.broadcast_to(x0, z.shape), prediction)
+  cfg = smp.SamplerConfig("ddim", num_steps=16, clip_x=False)
+  run = jax.jit(functools.partial(smp.sample, denoise_fn, config=cfg, prediction=prediction),
+                static_argnums=1)
+  for seed in range(3):
+    out = run(jax.random.key(seed), (3,) + x0.shape[1:])
+    np.testing.assert_allclose(out, jnp.broadcast_to(x0, out.shape), atol=1e-5)
+
+
+def test_ddim_trajectory_stays_on_the_noise_ray():
+  # With a single-point oracle, DDIM keeps z_s = alpha_s x0 + sigma_s eps for the initial eps.
+  x0 = jnp.full((2, 2, 3, 3, 1), 0.4)
+  eps = jax.random.normal(jax.random.key(1), x0.shape)
+  predict_fn = smp.make_predict_fn(oracle_for_x_fn(lambda z, a, s: x0, "v"), None, clip_x=False)
+  cfg = smp.SamplerConfig("ddim", num_steps=10)
+  schedule = CosineSchedule()
+  z = eps  # u = 1: alpha ~ 4.5e-5, so eps alone is z_1 up to 4.5e-5 x0
+  z = z * alpha_sigma(schedule.logsnr(1.0))[1] + alpha_sigma(schedule.logsnr(1.0))[0] * x0
+  z = smp.sample_loop(predict_fn, z, jax.random.key(0), schedule=schedule, config=cfg, stop=5)
+  alpha_s, sigma_s = alpha_sigma(schedule.logsnr(5 / 10))
+  np.testing.assert_allclose(z, alpha_s * x0 + sigma_s * eps, atol=1e-5)
+
+
+def _gaussian_oracle(mu, std):
+  # x ~ N(mu, std^2) per element: E[x | z] = mu + alpha std^2 / (alpha^2 std^2 + sigma^2) (z - alpha mu).
+  return lambda z, a, s: mu + a * std**2 / (a**2 * std**2 + s**2) * (z - a * mu)
+
+
+@pytest.mark.parametrize("cfg", [
+    smp.SamplerConfig("ancestral", num_steps=256, gamma=0.0, clip_x=False),
+    smp.SamplerConfig("ancestral", num_steps=256, gamma=0.3, clip_x=False),
+    smp.SamplerConfig("ddim", num_steps=128, eta=0.0, clip_x=False),
+    smp.SamplerConfig("ddim", num_steps=256, eta=1.0, clip_x=False),
+    smp.SamplerConfig("ancestral", num_steps=128, clip_x=False, corrector_steps=1),
+], ids=["ancestral", "ancestral_gamma0.3", "ddim", "ddim_eta1", "ancestral_corrector"])
+def test_gaussian_data_mean_and_variance(cfg):
+  n = 2048
+  mu = jnp.array([-0.5, 0.0, 0.3, 0.8]).reshape(1, 4, 1, 1, 1)
+  std = jnp.array([0.6, 0.5, 0.3, 0.4]).reshape(1, 4, 1, 1, 1)
+  denoise_fn = oracle_for_x_fn(_gaussian_oracle(mu, std), "v")
+  run = jax.jit(functools.partial(smp.sample, denoise_fn, config=cfg), static_argnums=1)
+  x = np.asarray(run(jax.random.key(0), (n, 4, 2, 2, 1)), np.float64)
+  flat = x.transpose(1, 0, 2, 3, 4).reshape(4, -1)
+  # Statistical tolerances: 2048 x 4 samples per frame (std error of the std ~0.8%); the rest of the
+  # 5% allows the step discretisation's bias, which `test_variance_bias_vanishes_with_more_steps` pins.
+  mean_err = np.abs(flat.mean(1) - np.asarray(mu).ravel()) / np.asarray(std).ravel()
+  std_ratio = flat.std(1) / np.asarray(std).ravel()
+  assert np.all(mean_err < 4 / np.sqrt(flat.shape[1])), mean_err  # 4 standard errors of the mean
+  assert np.all(np.abs(std_ratio - 1) < 0.05), std_ratio
+
+
+def test_variance_bias_vanishes_with_more_steps():
+  # Narrow data (std 0.05) is decided in the few steps at high log-SNR: the plug-in x_hat
+  # under-disperses there, and the bias must shrink as the grid refines.
+  mu, std = jnp.float32(0.2), jnp.float32(0.05)
+  denoise_fn = oracle_for_x_fn(_gaussian_oracle(mu, std), "v")
+  ratios = []
+  for n in (32, 128, 512):
+    cfg = smp.SamplerConfig("ddim", num_steps=n, clip_x=False)
+    x = jax.jit(functools.partial(smp.sample, denoise_fn, config=cfg), static_argnums=1)(
+        jax.random.key(0), (2048, 1, 2, 2, 1))
+    ratios.append(float(np.std(np.asarray(x))) / 0.05)
+  errors = np.abs(np.array(ratios) - 1)
+  assert errors[0] > errors[1] > errors[2], ratios
+  assert errors[2] < 0.04, ratios
+
+
+def test_ancestral_update_equals_the_posterior_of_the_forward_process():
+  # Independent form (Kingma et al. 2021): q(z_s | z_t, x) has
+  # mean = alpha_{t|s} sigma_s^2 / sigma_t^2 z_t + alpha_s sigma_{t|s}^2 / sigma_t^2 x,
+  # var = sigma_{t|s}^2 sigma_s^2 / sigma_t^2, alpha_{t|s} = alpha_t / alpha_s,
+  # sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2.
+  lam_t, lam_s = np.float64(-1.3), np.float64(2.1)
+  a_t, s_t = np.sqrt(1 / (1 + np.exp(-lam_t))), np.sqrt(1 / (1 + np.exp(lam_t)))
+  a_s, s_s = np.sqrt(1 / (1 + np.exp(-lam_s))), np.sqrt(1 / (1 + np.exp(lam_s)))
+  a_ts = a_t / a_s
+  s2_ts = s_t**2 - a_ts**2 * s_s**2
+  z_t = np.linspace(-2, 2, 24).reshape(1, 2, 3, 4, 1)
+  x = np.tanh(z_t * 0.7)
+  rng = jax.random.key(9)
+  noise = np.asarray(jax.random.normal(rng, z_t.shape), np.float64)
+  ref = a_ts * s_s**2 / s_t**2 * z_t + a_s * s2_ts / s_t**2 * x + np.sqrt(s2_ts * s_s**2 / s_t**2) * noise
+  got = smp.ancestral_update(jnp.asarray(z_t, jnp.float32), jnp.asarray(x, jnp.float32),
+                             jnp.float32(lam_t), jnp.float32(lam_s), gamma=0.0, rng=rng)
+  np.testing.assert_allclose(got, ref, atol=2e-5)
+  # gamma = 1 uses the large variance (1 - r) sigma_t^2 instead.
+  got1 = smp.ancestral_update(jnp.asarray(z_t, jnp.float32), jnp.asarray(x, jnp.float32),
+                              jnp.float32(lam_t), jnp.float32(lam_s), gamma=1.0, rng=rng)
+  r = np.exp(lam_t - lam_s)
+  np.testing.assert_allclose(got1 - got, (np.sqrt((1 - r) * s_t**2) - np.sqrt(s2_ts * s_s**2 / s_t**2)) * noise,
+                             atol=2e-5)
+
+
+def test_ddim_eta_one_is_ancestral_small_variance():
+  z_t = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 2))
+  lam_t, lam_s = jnp.float32(-0.5), jnp.float32(1.0)
+  alpha, sigma = alpha_sigma(lam_t)
+  x_hat = jnp.tanh(z_t)
+  eps_hat = p.eps_from_x(z_t, x_hat, alpha, sigma)
+  rng = jax.random.key(4)
+  a = smp.ddim_update(z_t, x_hat, eps_hat, lam_t, lam_s, eta=1.0, rng=rng)
+  b = smp.ancestral_update(z_t, x_hat, lam_t, lam_s, gamma=0.0, rng=rng)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  # eta = 0: the angular form equals alpha_s x_hat + sigma_s eps_hat.
+  alpha_s, sigma_s = alpha_sigma(lam_s)
+  np.testing.assert_allclose(smp.ddim_update(z_t, x_hat, eps_hat, lam_t, lam_s),
+                             alpha_s * x_hat + sigma_s * eps_hat, atol=1e-5)
+
+
+def test_clipping_recomputes_eps():
+  z = jnp.array([[3.0, -0.2]])
+  alpha, sigma = alpha_sigma(jnp.array([0.5]))
+  x_hat, eps_hat = smp.clip_prediction(jnp.array([[2.0, -0.5]]), z, alpha, sigma)
+  np.testing.assert_allclose(x_hat, [[1.0, -0.5]])
+  np.testing.assert_allclose(p.broadcast_to(alpha, z) * x_hat + p.broadcast_to(sigma, z) * eps_hat, z,
+                             atol=1e-6)
+
+
+def test_one_compilation_per_shape_and_step_count():
+  traces = []
+
+  def denoise_fn(z, logsnr, cond):
+    traces.append(z.shape)
+    return 0.1 * z
+
+  run = jax.jit(lambda rng, n: smp.sample(denoise_fn, rng, (2, 3, 4, 4, 1),
+                                          config=smp.SamplerConfig(num_steps=n)), static_argnums=1)
+  for seed in range(3):
+    run(jax.random.key(seed), 12).block_until_ready()
+  assert len(traces) == 1  # body traced once, not per step and not per call
+  run(jax.random.key(0), 6)
+  assert len(traces) == 2
+
+
+def test_sharded_batch_gives_the_same_samples(devices):
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharding = jax.NamedSharding(mesh, jax.P("data"))
+  denoise_fn = oracle_for_x_fn(lambda z, a, s: jnp.tanh(z) * a, "v")
+  cfg = smp.SamplerConfig("ancestral", num_steps=8)
+  predict_fn = smp.make_predict_fn(denoise_fn, None)
+  loop = lambda z, rng: smp.sample_loop(predict_fn, z, rng, schedule=CosineSchedule(), config=cfg)
+  z = jax.random.normal(jax.random.key(0), (16, 2, 4, 4, 1))
+  ref = jax.jit(loop)(z, jax.random.key(1))
+  out = jax.jit(loop, in_shardings=(sharding, None), out_shardings=sharding)(
+      jax.device_put(z, sharding), jax.random.key(1))
+  assert out.sharding.is_equivalent_to(sharding, out.ndim)
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_chunked_loop_equals_whole_loop():
+  predict_fn = smp.make_predict_fn(lambda z, l, c: 0.2 * z, None)
+  cfg = smp.SamplerConfig("ancestral", num_steps=10, gamma=0.1)
+  kw = dict(schedule=CosineSchedule(), config=cfg)
+  z = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, 1))
+  whole = smp.sample_loop(predict_fn, z, jax.random.key(3), **kw)
+  chunk = jax.jit(lambda z, a, b: smp.sample_loop(predict_fn, z, jax.random.key(3), start=a, stop=b, **kw))
+  part = z
+  for a in range(0, 10, 4):
+    part = chunk(part, a, min(a + 4, 10))
+  np.testing.assert_allclose(part, whole, atol=1e-6)
+
+
+def test_bad_sampler_config_raises():
+  with pytest.raises(ValueError, match="unknown sampler"):
+    smp.SamplerConfig("euler")
+  with pytest.raises(ValueError, match="eta"):
+    smp.SamplerConfig(eta=1.5)

@@ -1,0 +1,26 @@
+"""The diffusion core: schedule, parameterisations, loss, samplers and guidance (pure jnp functions).
+
+Nothing here knows the model: everything takes a `denoise_fn(z, logsnr, cond) -> prediction`.
+"""
+
+from vdm_jax.diffusion.guidance import (classifier_free_guidance, frame_guidance_weights,
+                                        reconstruction_guidance, replace_known_frames)
+from vdm_jax.diffusion.losses import WEIGHTINGS, diffusion_loss, log_weight
+from vdm_jax.diffusion.parameterization import (PREDICTIONS, eps_from_v, eps_from_x, to_x_eps,
+                                                target_for, v_from_x_eps, x_from_eps, x_from_v)
+from vdm_jax.diffusion.samplers import (SAMPLERS, SamplerConfig, ancestral_update, ddim_update,
+                                        initial_noise, make_predict_fn, sample, sample_loop,
+                                        sampler_step)
+from vdm_jax.diffusion.schedule import (CosineSchedule, alpha_sigma, angle_from_logsnr,
+                                        noise_level_from_logsnr, resolution_shift,
+                                        sample_training_logsnr, sample_times)
+
+__all__ = [
+    "CosineSchedule", "PREDICTIONS", "SAMPLERS", "SamplerConfig", "WEIGHTINGS", "alpha_sigma",
+    "ancestral_update", "angle_from_logsnr", "classifier_free_guidance", "ddim_update",
+    "diffusion_loss", "eps_from_v", "eps_from_x", "frame_guidance_weights", "initial_noise",
+    "log_weight", "make_predict_fn", "noise_level_from_logsnr", "reconstruction_guidance",
+    "replace_known_frames", "resolution_shift", "sample", "sample_loop", "sample_training_logsnr",
+    "sample_times", "sampler_step", "target_for", "to_x_eps", "v_from_x_eps", "x_from_eps",
+    "x_from_v",
+]

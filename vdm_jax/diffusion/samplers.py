@@ -1,0 +1,196 @@
+"""DDIM and ancestral samplers as pure functions of a denoiser (MATH.md section 5).
+
+Grid u_i = i / N; each step goes from t = u_{i+1} to s = u_i, i = N-1 ... 0; the last step returns x_hat.
+The whole loop is one `lax.fori_loop`, so N is a compile-time constant, the body is traced once, and a
+batch sharded over a mesh stays sharded. The pieces are exposed so guidance and frame replacement
+compose without copying the loop:
+
+  predict_fn(z, logsnr) -> (x_hat, eps_hat)       `make_predict_fn` builds it from a denoise_fn;
+                                                   guidance.py wraps it (reconstruction guidance).
+  post_step_fn(z_s, logsnr_s, rng, is_last) -> z_s  e.g. guidance.replace_known_frames.
+  sampler_step(...)                                one update t -> s.
+  sample_loop(...)                                 steps [start, stop) of the loop (chunks for progress).
+  sample(...)                                      the whole thing from noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from vdm_jax.diffusion import parameterization as param
+from vdm_jax.diffusion.schedule import CosineSchedule, alpha_sigma, angle_from_logsnr
+
+PredictFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+PostStepFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+SAMPLERS = ("ddim", "ancestral")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """How to sample.
+
+  Attributes:
+    sampler: "ddim" or "ancestral".
+    num_steps: N, the number of denoiser evaluations (per corrector-free step).
+    eta: DDIM stochasticity in [0, 1]; 0 is deterministic, 1 equals ancestral with the small variance.
+    gamma: ancestral variance interpolation, small^(1 - gamma) * large^gamma (VDM: 0.1 UCF, 0 BAIR, 0.3 text).
+    clip_x: clip x_hat to [-1, 1] and recompute eps_hat from it.
+    corrector_steps: Langevin corrector steps after each step but the last (VDM's predictor-corrector).
+    corrector_delta: the corrector's step size delta.
+  """
+  sampler: str = "ddim"
+  num_steps: int = 64
+  eta: float = 0.0
+  gamma: float = 0.0
+  clip_x: bool = True
+  corrector_steps: int = 0
+  corrector_delta: float = 0.1
+
+  def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
+    if self.num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+    if not 0.0 <= self.eta <= 1.0:
+      raise ValueError(f"DDIM eta must be in [0, 1], got {self.eta}")
+    if not 0.0 <= self.gamma <= 1.0:
+      raise ValueError(f"ancestral gamma must be in [0, 1], got {self.gamma}")
+    if self.corrector_steps < 0 or self.corrector_delta <= 0:
+      raise ValueError("corrector_steps must be >= 0 and corrector_delta > 0, got "
+                       f"{self.corrector_steps}, {self.corrector_delta}")
+
+
+def clip_prediction(x_hat: jax.Array, z: jax.Array, alpha: jax.Array,
+                    sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Clip x_hat to [-1, 1] and recompute eps_hat so that z = alpha x_hat + sigma eps_hat still holds."""
+  x_hat = jnp.clip(x_hat, -1.0, 1.0)
+  return x_hat, param.eps_from_x(z, x_hat, alpha, sigma)
+
+
+def make_predict_fn(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], cond: Any = None,
+                    *, prediction: str = "v", clip_x: bool = True) -> PredictFn:
+  """(z, logsnr) -> (x_hat, eps_hat) from a denoise_fn(z, logsnr [B], cond) of kind `prediction`."""
+  param.check_prediction(prediction)
+
+  def predict_fn(z, logsnr):
+    logsnr = jnp.broadcast_to(logsnr, z.shape[:1])
+    alpha, sigma = alpha_sigma(logsnr)
+    pred = denoise_fn(z, logsnr, cond).astype(jnp.float32)
+    x_hat, eps_hat = param.to_x_eps(pred, z, alpha, sigma, prediction)
+    if clip_x:
+      x_hat, eps_hat = clip_prediction(x_hat, z, alpha, sigma)
+    return x_hat, eps_hat
+
+  return predict_fn
+
+
+def ddim_update(z_t: jax.Array, x_hat: jax.Array, eps_hat: jax.Array, logsnr_t: jax.Array,
+                logsnr_s: jax.Array, *, eta: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+  """One DDIM step t -> s.
+
+  eta = 0: the angular form z_s = cos(phi_s - phi_t) z_t + sin(phi_s - phi_t) v_hat with v_hat from
+  (x_hat, eps_hat), which equals alpha_s x_hat + sigma_s eps_hat (also when x_hat was clipped).
+  eta > 0: z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise, c^2 = eta^2 (1 - r) sigma_s^2.
+  """
+  alpha_t, sigma_t = alpha_sigma(logsnr_t)
+  if eta == 0.0:
+    delta = angle_from_logsnr(logsnr_s) - angle_from_logsnr(logsnr_t)
+    v_hat = param.v_from_x_eps(x_hat, eps_hat, alpha_t, sigma_t)
+    return jnp.cos(delta) * z_t + jnp.sin(delta) * v_hat
+  alpha_s, sigma_s = alpha_sigma(logsnr_s)
+  one_minus_r = -jnp.expm1(logsnr_t - logsnr_s)
+  c2 = eta**2 * one_minus_r * sigma_s**2
+  noise = jax.random.normal(rng, z_t.shape, z_t.dtype)
+  return alpha_s * x_hat + jnp.sqrt(sigma_s**2 - c2) * eps_hat + jnp.sqrt(c2) * noise
+
+
+def ancestral_update(z_t: jax.Array, x_hat: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,
+                     *, gamma: float, rng: jax.Array) -> jax.Array:
+  """One ancestral (DDPM) step t -> s with VDM's interpolated variance.
+
+  r = e^{lambda_t - lambda_s}; mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x_hat;
+  variance = ((1 - r) sigma_s^2)^(1 - gamma) ((1 - r) sigma_t^2)^gamma.
+  """
+  alpha_t, sigma_t = alpha_sigma(logsnr_t)
+  alpha_s, sigma_s = alpha_sigma(logsnr_s)
+  r = jnp.exp(logsnr_t - logsnr_s)
+  one_minus_r = -jnp.expm1(logsnr_t - logsnr_s)
+  mean = r * (alpha_s / alpha_t) * z_t + one_minus_r * alpha_s * x_hat
+  log_var = jnp.log(one_minus_r) + 2.0 * ((1.0 - gamma) * jnp.log(sigma_s) + gamma * jnp.log(sigma_t))
+  return mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, z_t.shape, z_t.dtype)
+
+
+def langevin_corrector(predict_fn: PredictFn, z_s: jax.Array, logsnr_s: jax.Array, rng: jax.Array,
+                       *, num_steps: int, delta: float) -> jax.Array:
+  """z <- z - 0.5 delta sigma_s eps_hat(z) + sqrt(delta) sigma_s noise, `num_steps` times (VDM)."""
+  _, sigma_s = alpha_sigma(logsnr_s)
+  for k in range(num_steps):
+    _, eps_hat = predict_fn(z_s, logsnr_s)
+    noise = jax.random.normal(jax.random.fold_in(rng, k), z_s.shape, z_s.dtype)
+    z_s = z_s - 0.5 * delta * sigma_s * eps_hat + jnp.sqrt(delta) * sigma_s * noise
+  return z_s
+
+
+def sampler_step(predict_fn: PredictFn, z_t: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,
+                 rng: jax.Array, config: SamplerConfig, is_last: jax.Array) -> jax.Array:
+  """One update t -> s; returns x_hat instead of z_s when `is_last` (a traced bool)."""
+  rng_step, rng_corr = jax.random.split(rng)
+  x_hat, eps_hat = predict_fn(z_t, logsnr_t)
+  if config.sampler == "ddim":
+    z_s = ddim_update(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, eta=config.eta, rng=rng_step)
+  else:
+    z_s = ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, gamma=config.gamma, rng=rng_step)
+  if config.corrector_steps:
+    z_s = langevin_corrector(predict_fn, z_s, logsnr_s, rng_corr, num_steps=config.corrector_steps,
+                             delta=config.corrector_delta)
+  return jnp.where(is_last, x_hat, z_s)
+
+
+def step_logsnrs(schedule: CosineSchedule, num_steps: int,
+                 step: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(lambda_t, lambda_s) for step index i (t = u_{i+1}, s = u_i, u_i = i / N)."""
+  step = jnp.asarray(step, jnp.float32)
+  return schedule.logsnr((step + 1.0) / num_steps), schedule.logsnr(step / num_steps)
+
+
+def sample_loop(predict_fn: PredictFn, z: jax.Array, rng: jax.Array, *, schedule: CosineSchedule,
+                config: SamplerConfig, start: int | jax.Array = 0, stop: int | jax.Array | None = None,
+                post_step_fn: PostStepFn | None = None) -> jax.Array:
+  """Run loop iterations [start, stop) of N = config.num_steps (iteration k is step i = N - 1 - k).
+
+  `start`/`stop` may be traced, so a jitted caller can run the loop in chunks (to show progress)
+  with one compilation. Iteration N - 1 returns x_hat.
+  """
+  n = config.num_steps
+  stop = n if stop is None else stop
+
+  def body(k, z):
+    i = n - 1 - k
+    logsnr_t, logsnr_s = step_logsnrs(schedule, n, i)
+    step_rng = jax.random.fold_in(rng, i)
+    is_last = i == 0
+    z = sampler_step(predict_fn, z, logsnr_t, logsnr_s, step_rng, config, is_last)
+    if post_step_fn is not None:
+      z = post_step_fn(z, logsnr_s, jax.random.fold_in(step_rng, 7919), is_last)
+    return z
+
+  return jax.lax.fori_loop(start, stop, body, z)
+
+
+def initial_noise(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """z_1 ~ N(0, I) (alpha(1) ~ 4.5e-5 at lambda_min = -20, so the data term is negligible)."""
+  return jax.random.normal(rng, shape, jnp.float32)
+
+
+def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], rng: jax.Array,
+           shape: tuple[int, ...], *, cond: Any = None, schedule: CosineSchedule = CosineSchedule(),
+           config: SamplerConfig = SamplerConfig(), prediction: str = "v") -> jax.Array:
+  """Draw samples x [shape] from noise with `denoise_fn(z, logsnr [B], cond) -> prediction`."""
+  rng_init, rng_loop = jax.random.split(rng)
+  predict_fn = make_predict_fn(denoise_fn, cond, prediction=prediction, clip_x=config.clip_x)
+  z = initial_noise(rng_init, shape)
+  return sample_loop(predict_fn, z, rng_loop, schedule=schedule, config=config)

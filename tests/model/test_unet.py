@@ -1,0 +1,213 @@
+"""Properties of the space-time U-Net: shapes, frame independence, conditioning, dtypes, compiles."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vdm_jax.model import UNet, UNetConfig, count_params, small_config
+
+B, T, S = 2, 4, 16
+TINY = UNetConfig(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=S,
+                  head_dim=8, emb_dim=32, norm_groups=8)
+
+
+def make_model(config: UNetConfig, seed: int = 0, scale: float = 0.1) -> UNet:
+  """A model whose every parameter is randomly perturbed (zero-init layers would hide bugs)."""
+  model = UNet(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  params = nnx.state(model, nnx.Param)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+  leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  nnx.update(model, jax.tree.unflatten(treedef, leaves))
+  return model
+
+
+def inputs(seed: int = 0, t: int = T, s: int = S, c: int = 3):
+  kz, kn = jax.random.split(jax.random.key(seed))
+  return jax.random.normal(kz, (B, t, s, s, c)), jax.random.uniform(kn, (B,))
+
+
+@nnx.jit(static_argnames=("deterministic",))
+def forward(model, z, noise, labels=None, cond_frames=None, cond_mask=None, image_mask=None,
+            deterministic=True):
+  return model(z, noise, labels=labels, cond_frames=cond_frames, cond_mask=cond_mask,
+               image_mask=image_mask, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"relative_position": "rotary", "temporal_attention": "all_levels"},
+    {"relative_position": "none", "temporal_attention": "none", "conv_impl": "im2col"},
+    {"temporal_downsample": (0,), "attention_chunk_size": 32},
+])
+def test_shapes_and_dtype(overrides):
+  cfg = dataclasses.replace(TINY, out_channels=5, **overrides)
+  z, noise = inputs()
+  out = forward(make_model(cfg), z, noise)
+  assert out.shape == (B, T, S, S, 5) and out.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(out))) and float(jnp.std(out)) > 1e-3
+
+
+def test_fresh_model_outputs_zero():
+  z, noise = inputs()
+  out = forward(UNet(TINY, rngs=nnx.Rngs(0)), z, noise)
+  np.testing.assert_array_equal(np.asarray(out), 0.0)
+
+
+def test_count_params_matches_materialised_model():
+  for cfg in (TINY, small_config(), dataclasses.replace(TINY, num_classes=5, cond_channels=2)):
+    model = UNet(cfg, rngs=nnx.Rngs(0))
+    actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert count_params(cfg) == actual
+
+
+def _perturb_frame(z, j):
+  return z.at[:, j].add(1.0)
+
+
+@pytest.mark.parametrize("temporal_attention", ["attention_levels", "all_levels"])
+def test_image_mode_frames_are_independent(temporal_attention):
+  cfg = dataclasses.replace(TINY, temporal_attention=temporal_attention)
+  model = make_model(cfg)
+  z, noise = inputs()
+  image_mask = jnp.ones((B, T), bool)
+  base = forward(model, z, noise, image_mask=image_mask)
+  moved = forward(model, _perturb_frame(z, 1), noise, image_mask=image_mask)
+  diff = jnp.abs(moved - base).max(axis=(0, 2, 3, 4))  # [T]
+  assert float(diff[1]) > 1e-3
+  np.testing.assert_array_equal(np.asarray(diff[jnp.array([0, 2, 3])]), 0.0)
+
+
+def test_video_mode_frames_are_coupled():
+  model = make_model(TINY)
+  z, noise = inputs()
+  base = forward(model, z, noise)
+  moved = forward(model, _perturb_frame(z, 1), noise)
+  diff = jnp.abs(moved - base).max(axis=(0, 2, 3, 4))
+  assert bool(jnp.all(diff > 1e-4)), diff
+
+
+def test_mixed_mask_images_isolated_video_coupled():
+  """Frames 0-1 video, 2-3 images: an image frame changes nothing else; a video frame its peer."""
+  model = make_model(TINY)
+  z, noise = inputs()
+  mask = jnp.array([[False, False, True, True]] * B)
+  base = forward(model, z, noise, image_mask=mask)
+  d_img = jnp.abs(forward(model, _perturb_frame(z, 2), noise, image_mask=mask) - base).max(axis=(0, 2, 3, 4))
+  d_vid = jnp.abs(forward(model, _perturb_frame(z, 0), noise, image_mask=mask) - base).max(axis=(0, 2, 3, 4))
+  np.testing.assert_array_equal(np.asarray(d_img[jnp.array([0, 1, 3])]), 0.0)
+  assert float(d_vid[1]) > 1e-4
+  np.testing.assert_array_equal(np.asarray(d_vid[2:]), 0.0)
+
+
+def test_null_class_is_a_learned_embedding():
+  cfg = dataclasses.replace(TINY, num_classes=3)
+  model = make_model(cfg)
+  z, noise = inputs()
+  null = jnp.full((B,), 3, jnp.int32)
+  out_null = forward(model, z, noise, labels=null)
+  out_0 = forward(model, z, noise, labels=jnp.zeros((B,), jnp.int32))
+  assert float(jnp.abs(out_null - out_0).max()) > 1e-4
+
+  def loss(m):
+    return jnp.mean(m(z, noise, labels=null) ** 2)
+  grads = nnx.grad(loss)(model)
+  g = grads.embed.label_emb[...]  # [num_classes + 1, E]
+  assert float(jnp.abs(g[3]).max()) > 0.0
+  np.testing.assert_array_equal(np.asarray(g[:3]), 0.0)
+
+
+def test_conditioning_frames_respect_mask():
+  cfg = dataclasses.replace(TINY, cond_channels=3, temporal_attention="none")
+  model = make_model(cfg)
+  z, noise = inputs()
+  cond = jax.random.normal(jax.random.key(5), z.shape)
+  mask = jnp.array([[1.0, 0.0, 0.0, 0.0]] * B)
+  base = forward(model, z, noise, cond_frames=cond, cond_mask=mask)
+  hidden = forward(model, z, noise, cond_frames=cond.at[:, 1].add(3.0), cond_mask=mask)
+  shown = forward(model, z, noise, cond_frames=cond.at[:, 0].add(3.0), cond_mask=mask)
+  np.testing.assert_array_equal(np.asarray(hidden), np.asarray(base))  # masked frame ignored
+  assert float(jnp.abs(shown[:, 0] - base[:, 0]).max()) > 1e-4
+
+
+def test_dropout_only_when_not_deterministic():
+  model = make_model(dataclasses.replace(TINY, dropout=0.5))
+  z, noise = inputs()
+  a = forward(model, z, noise)
+  b = forward(model, z, noise)
+  c = forward(model, z, noise, deterministic=False)
+  d = forward(model, z, noise, deterministic=False)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(jnp.abs(c - a).max()) > 1e-4 and float(jnp.abs(c - d).max()) > 1e-4
+
+
+def test_bf16_compute_close_to_f32():
+  model32 = make_model(TINY)
+  model16 = UNet(dataclasses.replace(TINY, dtype="bfloat16"), rngs=nnx.Rngs(0))
+  nnx.update(model16, nnx.state(model32, nnx.Param))
+  z, noise = inputs()
+  out32, out16 = forward(model32, z, noise), forward(model16, z, noise)
+  assert out16.dtype == jnp.float32
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 0.0 < rel < 0.05, rel
+
+
+def test_remat_equals_plain_forward_and_grad():
+  plain = make_model(TINY)
+  remat = UNet(dataclasses.replace(TINY, remat="block"), rngs=nnx.Rngs(0))
+  nnx.update(remat, nnx.state(plain, nnx.Param))
+  z, noise = inputs()
+  grad_fn = nnx.jit(nnx.grad(lambda m: jnp.mean(m(z, noise) ** 2)))
+  g1, g2 = jax.tree.leaves(grad_fn(plain)), jax.tree.leaves(grad_fn(remat))
+  for a, b in zip(g1, g2):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_one_compilation_per_input_shape():
+  model = make_model(TINY)
+  traces = []
+
+  @nnx.jit
+  def f(m, z, noise):
+    traces.append(z.shape)
+    return m(z, noise)
+  z, noise = inputs(0)
+  f(model, z, noise)
+  f(model, *inputs(1))
+  assert len(traces) == 1
+  f(model, *inputs(2, t=2))
+  assert len(traces) == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"base_channels": 12}, "head_dim"),
+    ({"relative_position": "alibi"}, "relative_position"),
+    ({"temporal_downsample": (1,)}, "temporal_downsample"),
+])
+def test_config_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    dataclasses.replace(TINY, **kwargs)
+
+
+def test_input_errors():
+  model = UNet(dataclasses.replace(TINY, num_classes=3, temporal_downsample=(0,)), rngs=nnx.Rngs(0))
+  z, noise = inputs()
+  with pytest.raises(ValueError, match="labels"):
+    model(z, noise)
+  labels = jnp.zeros((B,), jnp.int32)
+  with pytest.raises(ValueError, match="image_size"):
+    model(inputs(s=8)[0], noise, labels=labels)
+  with pytest.raises(ValueError, match="divide by 2"):
+    model(inputs(t=3)[0], noise, labels=labels)
+  with pytest.raises(ValueError, match="temporal_downsample"):
+    model(z, noise, labels=labels, image_mask=jnp.ones((B, T), bool))
+
+
+def test_config_from_lists():
+  cfg = UNetConfig(**{"channel_mult": [1, 2], "attention_resolutions": [8], "image_size": 16,
+                      "base_channels": 16, "head_dim": 8})
+  assert cfg.channel_mult == (1, 2) and hash(cfg)

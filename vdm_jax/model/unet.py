@@ -1,0 +1,268 @@
+"""The space-time factorised U-Net of Video Diffusion Models (Ho, Salimans et al. 2022, section 3).
+
+Convolutions are (1, 3, 3): frames are folded into the batch and never mix in a conv. Each
+attention level has spatial attention over H*W followed by temporal attention over T with relative
+positions. Noise level and class enter through an embedding that drives FiLM scale/shift in every
+residual block. Optional: conditioning frames on channels, image frames with identity temporal
+attention (joint image-video training), Lumiere-style temporal down/up-sampling.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vdm_jax.model.attention import SpatialAttention, TemporalAttention
+from vdm_jax.model.config import UNetConfig
+from vdm_jax.model.layers import Conv2D, Dense, GroupNorm, sinusoidal_embedding
+from vdm_jax.parallel.logical import constrain
+
+ACT_AXES = ("batch", "time", "height", "width", "channels")
+
+
+def _frames(fn, x: jax.Array) -> jax.Array:
+  """Applies a per-frame fn on [B*T, H, W, C] to x [B, T, H, W, C]."""
+  b, t = x.shape[:2]
+  y = fn(x.reshape(b * t, *x.shape[2:]))
+  return y.reshape(b, t, *y.shape[1:])
+
+
+class ResBlock(nnx.Module):
+  """GroupNorm, SiLU, (1,3,3) conv, FiLM from the embedding, GroupNorm, SiLU, dropout, zero conv."""
+
+  def __init__(self, cin: int, cout: int, config: UNetConfig, *, rngs: nnx.Rngs):
+    kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+    ckw = dict(kw, conv_impl=config.conv_impl)
+    self.norm1 = GroupNorm(cin, config.norm_groups_for(cin), rngs=rngs, **kw)
+    self.conv1 = Conv2D(cin, cout, rngs=rngs, **ckw)
+    self.film = Dense(config.embedding_dim, 2 * cout, rngs=rngs, **kw)
+    self.norm2 = GroupNorm(cout, config.norm_groups_for(cout), rngs=rngs, **kw)
+    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+    self.conv2 = Conv2D(cout, cout, rngs=rngs, zero_init=True, **ckw)
+    self.skip = Conv2D(cin, cout, rngs=rngs, kernel_size=1, **ckw) if cin != cout else None
+
+  def __call__(self, x: jax.Array, emb: jax.Array, deterministic: bool = True) -> jax.Array:
+    """x [B, T, H, W, Cin], emb [B, E] -> [B, T, H, W, Cout]."""
+    h = jax.nn.silu(self.norm1(x, reduce_axes=(2, 3)))
+    h = _frames(self.conv1, h)
+    scale, shift = jnp.split(self.film(jax.nn.silu(emb))[:, None, None, None], 2, axis=-1)
+    h = self.norm2(h, reduce_axes=(2, 3)) * (1 + scale) + shift
+    h = self.dropout(jax.nn.silu(h), deterministic=deterministic)
+    h = _frames(self.conv2, h)
+    skip = x if self.skip is None else _frames(self.skip, x)
+    return constrain(skip + h, ACT_AXES)
+
+
+class Downsample(nnx.Module):
+  """Stride-2 (1,3,3) conv in space; optionally averages frame pairs (halves T, Lumiere-style)."""
+
+  def __init__(self, channels: int, config: UNetConfig, temporal: bool, *, rngs: nnx.Rngs):
+    self.conv = Conv2D(channels, channels, rngs=rngs, stride=2, conv_impl=config.conv_impl,
+                       dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+    self.temporal = temporal
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = _frames(self.conv, x)
+    if self.temporal:
+      b, t = x.shape[:2]
+      x = x.reshape(b, t // 2, 2, *x.shape[2:]).mean(axis=2)
+    return x
+
+
+class Upsample(nnx.Module):
+  """Nearest x2 in space (and optionally time), then a (1,3,3) conv."""
+
+  def __init__(self, channels: int, config: UNetConfig, temporal: bool, *, rngs: nnx.Rngs):
+    self.conv = Conv2D(channels, channels, rngs=rngs, conv_impl=config.conv_impl,
+                       dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+    self.temporal = temporal
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.temporal:
+      x = jnp.repeat(x, 2, axis=1)
+    x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+    return _frames(self.conv, x)
+
+
+class Embedding(nnx.Module):
+  """Noise level [B] (and labels [B]) -> [B, E]: sinusoidal features, MLP, + class embedding."""
+
+  def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+    kw = dict(dtype=jnp.float32, param_dtype=jnp.dtype(config.param_dtype))
+    e, c = config.embedding_dim, config.base_channels
+    self.sin_dim = c
+    dims = [c] + [e] * config.emb_mlp_layers
+    self.mlp = nnx.List([Dense(a, b, rngs=rngs, **kw) for a, b in zip(dims[:-1], dims[1:])])
+    # Row num_classes is the learned null class (classifier-free guidance).
+    self.label_emb = nnx.Param(
+        jax.random.normal(rngs.params(), (config.num_classes + 1, e), kw["param_dtype"]),
+        logical_axes=("vocab", "embed")) if config.num_classes else None
+
+  def __call__(self, noise_level: jax.Array, labels: jax.Array | None) -> jax.Array:
+    h = sinusoidal_embedding(noise_level, self.sin_dim)
+    for i, layer in enumerate(self.mlp):
+      h = layer(h)
+      if i < len(self.mlp) - 1:
+        h = jax.nn.silu(h)
+    if self.label_emb is not None:
+      h = h + self.label_emb[...].astype(jnp.float32)[labels]
+    return h  # [B, E] float32
+
+
+def _apply(block, remat: bool, *args):
+  if remat:
+    return nnx.remat(lambda m, *a: m(*a))(block, *args)
+  return block(*args)
+
+
+class UNet(nnx.Module):
+  """The VDM space-time U-Net; returns the v (or eps / x) prediction [B, T, H, W, out] float32."""
+
+  def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    cfg = config
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.embed = Embedding(cfg, rngs=rngs)
+    cin = cfg.in_channels + (cfg.cond_channels + 1 if cfg.cond_channels else 0)
+    ch = cfg.level_channels(0)
+    self.conv_in = Conv2D(cin, ch, rngs=rngs, conv_impl=cfg.conv_impl, **kw)
+    skips, res = [ch], None
+    down = []
+    for level in range(cfg.num_levels):
+      res = level  # resolution index; the spatial size is H / 2**level
+      out = cfg.level_channels(level)
+      for _ in range(cfg.num_res_blocks):
+        down.append(self._stage(ch, out, level, rngs))
+        ch = out
+        skips.append(ch)
+      if level < cfg.num_levels - 1:
+        down.append(Downsample(ch, cfg, level in cfg.temporal_downsample, rngs=rngs))
+        skips.append(ch)
+    self.down = nnx.List(down)
+    self.mid = nnx.List([self._stage(ch, ch, res, rngs, force_attention=True),
+                         self._stage(ch, ch, res, rngs, attention=False)])
+    up = []
+    for level in reversed(range(cfg.num_levels)):
+      out = cfg.level_channels(level)
+      for j in range(cfg.num_res_blocks + 1):
+        up.append(self._stage(ch + skips.pop(), out, level, rngs))
+        ch = out
+      if level > 0:
+        up.append(Upsample(ch, cfg, (level - 1) in cfg.temporal_downsample, rngs=rngs))
+    self.up = nnx.List(up)
+    self.norm_out = GroupNorm(ch, cfg.norm_groups_for(ch), rngs=rngs, **kw)
+    self.conv_out = Conv2D(ch, cfg.out_channels, rngs=rngs, zero_init=True,
+                           conv_impl=cfg.conv_impl, **kw)
+
+  def _stage(self, cin: int, cout: int, level: int, rngs: nnx.Rngs, *,
+             force_attention: bool = False, attention: bool = True) -> "Stage":
+    return Stage(cin, cout, level, self.config, rngs=rngs, force_attention=force_attention,
+                 attention=attention)
+
+  def __call__(self, z: jax.Array, noise_level: jax.Array, *, labels: jax.Array | None = None,
+               cond_frames: jax.Array | None = None, cond_mask: jax.Array | None = None,
+               image_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    """Predicts v (or eps / x, see config.prediction) for a noisy video.
+
+    Args:
+      z: [B, T, H, W, in_channels] noisy video.
+      noise_level: [B] float, the normalised angle phi / (pi/2) in [0, 1].
+      labels: int32 [B] in [0, num_classes]; num_classes = the null class. Required iff
+        num_classes > 0.
+      cond_frames: [B, T, H, W, cond_channels]; cond_mask: [B, T] float (1 = frame given).
+        Required iff cond_channels > 0.
+      image_mask: bool [B, T]; True = independent image frame (identity temporal attention).
+      deterministic: False enables dropout (draws from the 'dropout' rng stream).
+    Returns:
+      [B, T, H, W, out_channels] float32.
+    """
+    self._check_inputs(z, noise_level, labels, cond_frames, cond_mask, image_mask)
+    cfg = self.config
+    emb = self.embed(noise_level, labels)
+    x = z.astype(jnp.float32)
+    if cfg.cond_channels:
+      m = cond_mask.astype(jnp.float32)[:, :, None, None, None]  # [B, T, 1, 1, 1]
+      mask_ch = jnp.broadcast_to(m, (*z.shape[:4], 1))
+      x = jnp.concatenate([x, cond_frames.astype(jnp.float32) * m, mask_ch], axis=-1)
+    h = constrain(_frames(self.conv_in, x.astype(jnp.dtype(cfg.dtype))), ACT_AXES)
+    hs = [h]
+    for block in self.down:
+      h = self._run(block, h, emb, image_mask, deterministic)
+      hs.append(h)
+    for block in self.mid:
+      h = self._run(block, h, emb, image_mask, deterministic)
+    for block in self.up:
+      if isinstance(block, Stage):
+        h = jnp.concatenate([h, hs.pop()], axis=-1)
+      h = self._run(block, h, emb, image_mask, deterministic)
+    h = jax.nn.silu(self.norm_out(h, reduce_axes=(2, 3)))
+    return _frames(self.conv_out, h).astype(jnp.float32)
+
+  def _run(self, block, h, emb, image_mask, deterministic):
+    if isinstance(block, Stage):
+      return block(h, emb, image_mask, deterministic)
+    return block(h)
+
+  def _check_inputs(self, z, noise_level, labels, cond_frames, cond_mask, image_mask) -> None:
+    cfg = self.config
+    if z.ndim != 5 or z.shape[-1] != cfg.in_channels:
+      raise ValueError(f"z must be [B, T, H, W, {cfg.in_channels}], got {z.shape}.")
+    b, t, hh, ww, _ = z.shape
+    cfg.validate(t, hh, ww)
+    if noise_level.shape != (b,):
+      raise ValueError(f"noise_level must be [B]=({b},), got {noise_level.shape}.")
+    if cfg.num_classes and (labels is None or labels.shape != (b,)):
+      raise ValueError(f"num_classes={cfg.num_classes}: pass labels [B]=({b},) "
+                       f"(use {cfg.num_classes} for the null class).")
+    if not cfg.num_classes and labels is not None:
+      raise ValueError("labels given but num_classes=0; set num_classes in the config.")
+    if cfg.cond_channels:
+      if cond_frames is None or cond_mask is None:
+        raise ValueError(f"cond_channels={cfg.cond_channels}: pass cond_frames and cond_mask.")
+      if cond_frames.shape != (b, t, hh, ww, cfg.cond_channels) or cond_mask.shape != (b, t):
+        raise ValueError(f"cond_frames must be {(b, t, hh, ww, cfg.cond_channels)} and cond_mask "
+                         f"{(b, t)}; got {cond_frames.shape} and {cond_mask.shape}.")
+    elif cond_frames is not None or cond_mask is not None:
+      raise ValueError("cond_frames given but cond_channels=0; set cond_channels in the config.")
+    if image_mask is not None:
+      if image_mask.shape != (b, t):
+        raise ValueError(f"image_mask must be [B, T]={(b, t)}, got {image_mask.shape}.")
+      if cfg.temporal_downsample:
+        raise ValueError("image_mask cannot be combined with temporal_downsample (pooling frames "
+                         "would mix images); set temporal_downsample=().")
+
+
+class Stage(nnx.Module):
+  """One residual block, then (at attention levels) spatial and temporal attention."""
+
+  def __init__(self, cin: int, cout: int, level: int, config: UNetConfig, *, rngs: nnx.Rngs,
+               force_attention: bool = False, attention: bool = True):
+    cfg = config
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.remat = cfg.remat == "block"
+    self.res = ResBlock(cin, cout, cfg, rngs=rngs)
+    at_level = force_attention or (attention and _is_attention_level(cfg, level))
+    heads, groups = cfg.heads_for(cout), cfg.norm_groups_for(cout)
+    self.spatial = (SpatialAttention(cout, heads, groups, rngs=rngs,
+                                     chunk_size=cfg.attention_chunk_size, **kw)
+                    if at_level else None)
+    temporal = (cfg.temporal_attention == "all_levels" and attention) or (
+        cfg.temporal_attention == "attention_levels" and at_level)
+    self.temporal = (TemporalAttention(
+        cout, heads, groups, rngs=rngs, relative_position=cfg.relative_position,
+        num_buckets=cfg.relative_buckets, max_distance=cfg.max_relative_distance, **kw)
+                     if temporal else None)
+
+  def __call__(self, x, emb, image_mask=None, deterministic: bool = True):
+    x = _apply(self.res, self.remat, x, emb, deterministic)
+    if self.spatial is not None:
+      x = constrain(_apply(self.spatial, self.remat, x), ACT_AXES)
+    if self.temporal is not None:
+      x = constrain(_apply(self.temporal, self.remat, x, image_mask), ACT_AXES)
+    return x
+
+
+def _is_attention_level(cfg: UNetConfig, level: int) -> bool:
+  """Level `level` runs at spatial size image_size / 2**level; attention where that size is listed."""
+  return cfg.image_size // 2 ** level in cfg.attention_resolutions

@@ -122,10 +122,14 @@ class I3DFeatureExtractor:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
-  """Gaussian statistics of features: mu float64 [D], sigma float64 [D, D], count N."""
+  """Gaussian statistics of features: mu float64 [D], sigma float64 [D, D], count N.
+
+  `extra` carries JSON-able facts stored beside them in the cache (e.g. the video shape).
+  """
   mu: np.ndarray
   sigma: np.ndarray
   count: int
+  extra: dict = dataclasses.field(default_factory=dict)
 
 
 def feature_statistics(features: np.ndarray) -> FeatureStats:
@@ -203,12 +207,14 @@ def stats_cache_path(cache_dir: str, dataset: str, split: str, protocol: Mapping
   return os.path.join(cache_dir, f"fvd_{safe(dataset)}_{safe(split)}_{protocol_key(protocol)}.npz")
 
 
-def save_stats(path: str, stats: FeatureStats, protocol: Mapping[str, Any]) -> str:
-  """Writes statistics with their protocol (as JSON) to an .npz, atomically."""
+def save_stats(path: str, stats: FeatureStats, protocol: Mapping[str, Any],
+               extra: Mapping[str, Any] | None = None) -> str:
+  """Writes statistics with their protocol and `extra` (both as JSON) to an .npz, atomically."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.npz"
   np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count,
-           protocol=json.dumps(dict(protocol), sort_keys=True, default=str))
+           protocol=json.dumps(dict(protocol), sort_keys=True, default=str),
+           extra=json.dumps(dict(extra or stats.extra), default=str))
   os.replace(tmp, path)
   return path
 
@@ -222,4 +228,5 @@ def load_stats(path: str, protocol: Mapping[str, Any] | None = None) -> FeatureS
       stored = json.loads(str(data["protocol"]))
       if stored != json.loads(json.dumps(dict(protocol), sort_keys=True, default=str)):
         return None
-    return FeatureStats(data["mu"], data["sigma"], int(data["count"]))
+    extra = json.loads(str(data["extra"])) if "extra" in data else {}
+    return FeatureStats(data["mu"], data["sigma"], int(data["count"]), extra)

@@ -99,8 +99,10 @@ def test_script_on_a_folder_of_videos_against_the_embedded_dataset(tmp_path):
 
   gen = _videos(3, t=10, size=32)
   folder = tmp_path / "samples"
-  for i, v in enumerate(gen):
-    video_io.write_gif(str(folder / f"s_{i}.gif"), v)
+  video_io.save_videos(str(folder), gen)  # each sample as .mp4 (upscaled to 128) and .gif
+  loaded, _ = evaluation.load_videos(str(folder))
+  assert loaded.shape == (3, 10, 128, 128, 3)  # one format only, not both
+  assert evaluation.match_resolution(loaded, 32).shape == (3, 10, 32, 32, 3)
   out = tmp_path / "res.json"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
   cmd = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--samples={folder}",

@@ -60,6 +60,7 @@ def load_videos(path: str, max_videos: int | None = None) -> tuple[np.ndarray, n
     files = video_io.list_video_files(path)
     if not files:
       raise FileNotFoundError(f"No video files ({', '.join(video_io.VIDEO_EXTENSIONS)}) in {path!r}.")
+    files = _one_format(files)
     files = files[:max_videos] if max_videos else files
     videos = [video_io.read_video(f) for f in files]
     shapes = {v.shape for v in videos}
@@ -78,6 +79,26 @@ def load_videos(path: str, max_videos: int | None = None) -> tuple[np.ndarray, n
   if videos.ndim != 5:
     raise ValueError(f"Expected videos [N, T, H, W, C] in {path!r}, got shape {videos.shape}.")
   return videos, ground_truth
+
+
+def _one_format(files: list[str]) -> list[str]:
+  """Files of the most common extension (save_videos writes each sample as .mp4 and .gif)."""
+  by_ext: dict[str, list[str]] = {}
+  for f in files:
+    by_ext.setdefault(os.path.splitext(f)[1].lower(), []).append(f)
+  return max(by_ext.values(), key=lambda group: (len(group), group[0].lower().endswith(".mp4")))
+
+
+def match_resolution(videos: np.ndarray, resolution: int) -> np.ndarray:
+  """Undoes an integer nearest upscale (write_mp4 enlarges small videos): [N, T, kR, kR', C] -> R.
+
+  Videos already at `resolution`, or not an integer multiple of it, are returned unchanged.
+  """
+  h, w = videos.shape[2:4]
+  if (h, w) == (resolution, resolution) or h % resolution or w % resolution or h != w:
+    return videos
+  k = h // resolution
+  return videos[:, :, k // 2::k, k // 2::k]
 
 
 def generate_samples(workdir: str, num_samples: int, *, sampler: str = "ddim", num_steps: int = 128,
@@ -142,7 +163,8 @@ class RealSummary:
 
 
 def summarize_real(batches: Iterable[np.ndarray], *, extractor: fvd_lib.I3DFeatureExtractor | None = None,
-                   colour_drift: bool = True, keep_first: int = 0) -> RealSummary:
+                   colour_drift: bool = True, keep_first: int = 0,
+                   expected_shape: tuple[int, ...] | None = None) -> RealSummary:
   """One pass over real batches (uint8 or float [-1, 1], [b, T, H, W, C]).
 
   Args:
@@ -150,13 +172,17 @@ def summarize_real(batches: Iterable[np.ndarray], *, extractor: fvd_lib.I3DFeatu
     extractor: I3D feature extractor; None skips FVD statistics.
     colour_drift: compute the real colour drift.
     keep_first: keep this many leading videos (ground truth for frame prediction).
+    expected_shape: (T, H, W, C) of the generated videos, checked on the first batch (before the I3D).
   """
   feats, drifts, kept, count, shape = [], [], [], 0, None
   for batch in batches:
     batch = video_io.to_uint8(np.asarray(batch))
     if batch.shape[0] == 0:
       continue
-    shape = shape or batch.shape[1:]
+    if shape is None:
+      shape = batch.shape[1:]
+      if expected_shape is not None:
+        check_comparable(expected_shape, shape)
     if extractor is not None:
       feats.append(extractor(batch))
     if colour_drift:
@@ -315,6 +341,7 @@ def evaluate(data_config: Any, *, samples: str | None = None, workdir: str | Non
   protocol: dict[str, Any] = {}
   if samples is not None:
     generated, ground_truth = load_videos(samples, num_samples)
+    generated = match_resolution(generated, data_config.resolution)
     protocol["generated"] = {"source": os.path.abspath(samples)}
   else:
     if not num_samples:
@@ -340,7 +367,7 @@ def evaluate(data_config: Any, *, samples: str | None = None, workdir: str | Non
     protocol["fvd"] = dict(fvd_lib.PROTOCOL)
   real = _real_summary(data_config, real_protocol, metrics, extractor, cache_dir, batch_size,
                        keep_first=num_truth_needed if prediction and ground_truth is None else 0,
-                       real_batches=real_batches)
+                       real_batches=real_batches, expected_shape=generated.shape[1:])
   check_comparable(generated.shape[1:], real.shape)
   if "fvd" in metrics:
     protocol["fvd"].update(real_stats_cache_hit=real.cache_hit, real_stats_cache_dir=cache_dir)
@@ -367,7 +394,8 @@ def evaluate(data_config: Any, *, samples: str | None = None, workdir: str | Non
 
 def _real_summary(data_config: Any, real_protocol: Mapping[str, Any], metrics: tuple[str, ...],
                   extractor: fvd_lib.I3DFeatureExtractor | None, cache_dir: str | None, batch_size: int,
-                  keep_first: int, real_batches: Iterable[np.ndarray] | None) -> RealSummary:
+                  keep_first: int, real_batches: Iterable[np.ndarray] | None,
+                  expected_shape: tuple[int, ...] | None = None) -> RealSummary:
   """The real-split summary, from the cache when its protocol matches (and no ground truth is needed)."""
   cache_protocol = {**real_protocol, **fvd_lib.PROTOCOL}
   path = None
@@ -381,7 +409,8 @@ def _real_summary(data_config: Any, real_protocol: Mapping[str, Any], metrics: t
   if real_batches is None:
     real_batches = dataset_batches(data_config, int(real_protocol["count"]), batch_size)
   real = summarize_real(real_batches, extractor=extractor if "fvd" in metrics else None,
-                        colour_drift="colour_drift" in metrics, keep_first=keep_first)
+                        colour_drift="colour_drift" in metrics, keep_first=keep_first,
+                        expected_shape=expected_shape)
   if path is not None:
     fvd_lib.save_stats(path, real.fvd_stats, cache_protocol,
                        extra={"shape": list(real.shape), "colour_drift": real.colour_drift})

@@ -3,6 +3,7 @@
 Nothing here knows the model: everything takes a `denoise_fn(z, logsnr, cond) -> prediction`.
 """
 
+from vdm_jax.diffusion.config import DiffusionConfig
 from vdm_jax.diffusion.guidance import (classifier_free_guidance, frame_guidance_weights,
                                         reconstruction_guidance, replace_known_frames)
 from vdm_jax.diffusion.losses import WEIGHTINGS, diffusion_loss, log_weight
@@ -16,7 +17,7 @@ from vdm_jax.diffusion.schedule import (CosineSchedule, alpha_sigma, angle_from_
                                         sample_training_logsnr, sample_times)
 
 __all__ = [
-    "CosineSchedule", "PREDICTIONS", "SAMPLERS", "SamplerConfig", "WEIGHTINGS", "alpha_sigma",
+    "CosineSchedule", "DiffusionConfig", "PREDICTIONS", "SAMPLERS", "SamplerConfig", "WEIGHTINGS", "alpha_sigma",
     "ancestral_update", "angle_from_logsnr", "classifier_free_guidance", "ddim_update",
     "diffusion_loss", "eps_from_v", "eps_from_x", "frame_guidance_weights", "initial_noise",
     "log_weight", "make_predict_fn", "noise_level_from_logsnr", "reconstruction_guidance",

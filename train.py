@@ -1,0 +1,32 @@
+"""Train a video diffusion model.
+
+    python train.py --config configs/default.py --workdir runs/default [--config.train.num_steps=...]
+
+Running the same command again resumes from the workdir's latest checkpoint. Multi-host: pass
+--coordinator_address/--num_processes/--process_id (or rely on TPU-pod / SLURM auto-detection with
+--distributed); each host runs the same command.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vdm_jax.parallel.distributed import DISTRIBUTED_FLAGS, initialize_from_flags  # noqa: F401
+from vdm_jax.runtime import setup_runtime
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:tiny].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  setup_runtime()
+  initialize_from_flags()
+  from vdm_jax.train.loop import train_and_evaluate
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

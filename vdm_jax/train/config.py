@@ -1,0 +1,126 @@
+"""Typed sections of an experiment config; the one place a ConfigDict becomes typed values.
+
+A config file (configs/*.py) returns an ml_collections.ConfigDict with the sections
+data, model, diffusion, optim, train, mesh, checkpoint, sample; `ExperimentConfig.from_config_dict`
+turns each into its frozen dataclass, rejecting unknown keys with the list of known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vdm_jax.data import DataConfig
+from vdm_jax.diffusion import DiffusionConfig, SamplerConfig
+from vdm_jax.model import UNetConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Adam/AdamW with warmup, then constant or cosine decay; global-norm clipping; EMA.
+
+  VDM: Adam lr 3e-4, beta2 0.99, EMA 0.9999 (UCF-101); BAIR lr 2e-4, weight decay 0.01.
+  """
+  optimizer: str = "adam"  # "adam" | "adamw"
+  learning_rate: float = 3e-4
+  b1: float = 0.9
+  b2: float = 0.99
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  warmup_steps: int = 100
+  schedule: str = "constant"  # "constant" | "cosine" (decays to 0 at train.num_steps)
+  grad_clip_norm: float = 1.0  # 0 = no clipping
+  grad_accum_steps: int = 1
+  ema_decay: float = 0.999
+
+  def __post_init__(self):
+    if self.optimizer not in ("adam", "adamw"):
+      raise ValueError(f"optim.optimizer={self.optimizer!r}: use 'adam' or 'adamw'")
+    if self.schedule not in ("constant", "cosine"):
+      raise ValueError(f"optim.schedule={self.schedule!r}: use 'constant' or 'cosine'")
+    if self.learning_rate <= 0 or self.grad_accum_steps < 1 or self.warmup_steps < 0:
+      raise ValueError("optim.learning_rate must be > 0, grad_accum_steps >= 1, warmup_steps >= 0")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"optim.ema_decay={self.ema_decay} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The loop: batch, length, logging, samples, conditioning dropout."""
+  global_batch_size: int = 8
+  num_steps: int = 1000
+  seed: int = 0
+  log_every: int = 50
+  sample_every: int = 500  # 0 = only at the end
+  checkpoint_every: int = 500
+  class_dropout: float = 0.1  # probability of the null class (classifier-free guidance)
+  cond_frames: int = 0  # known leading frames given to a frame-conditioned model (BAIR: 1)
+  cond_dropout: float = 0.1  # probability of dropping the conditioning frames
+  progress_bar: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Mesh axes (data, fsdp, tensor); exactly one may be -1 (fills the remaining devices)."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  max_to_keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """Samples written during training (and sample.py defaults)."""
+  num_samples: int = 8
+  sampler: str = "ddim"
+  num_steps: int = 32
+  eta: float = 0.0
+  gamma: float = 0.0
+  guidance_weight: float = 0.0
+  fps: int = 8
+
+  def sampler_config(self) -> SamplerConfig:
+    return SamplerConfig(self.sampler, self.num_steps, eta=self.eta, gamma=self.gamma)
+
+
+SECTIONS = {"data": DataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
+            "optim": OptimConfig, "train": TrainConfig, "mesh": MeshConfig,
+            "checkpoint": CheckpointConfig, "sample": SampleConfig}
+
+
+def _section(name: str, cls: type, values: Any):
+  values = dict(values or {})
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"config.{name} has unknown keys {unknown}; known keys: {sorted(known)}")
+  return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  data: DataConfig
+  model: UNetConfig
+  diffusion: DiffusionConfig
+  optim: OptimConfig
+  train: TrainConfig
+  mesh: MeshConfig
+  checkpoint: CheckpointConfig
+  sample: SampleConfig
+
+  @classmethod
+  def from_config_dict(cls, config: Any) -> "ExperimentConfig":
+    """From an ml_collections ConfigDict (or a dict of dicts); missing sections take defaults."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    unknown = sorted(set(as_dict) - set(SECTIONS))
+    if unknown:
+      raise ValueError(f"config has unknown sections {unknown}; known: {sorted(SECTIONS)}")
+    return cls(**{name: _section(name, c, as_dict.get(name)) for name, c in SECTIONS.items()})
+
+  def to_dict(self) -> dict:
+    return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

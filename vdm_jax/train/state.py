@@ -1,0 +1,60 @@
+"""The train state: params, EMA params, optimizer state, step and rng, created already sharded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vdm_jax.model import UNetConfig
+from vdm_jax.parallel import create_sharded_model
+
+# The train state is a plain dict pytree (what Orbax saves):
+#   step int32 [], rng uint32 [2] (key data), params / ema (nnx.State of Params), opt_state.
+TrainState = dict[str, Any]
+
+
+def split_params(state: nnx.State) -> tuple[nnx.State, nnx.State]:
+  """(params, rest): the trainable nnx.Param leaves and everything else (rng stream counters)."""
+  params, rest = nnx.split_state(state, nnx.Param, ...)
+  return params, rest
+
+
+def create_train_state(model_config: UNetConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                       seed: int) -> tuple[nnx.GraphDef, nnx.State, TrainState]:
+  """Creates the model sharded over `mesh` (never whole on one device) and the state around it.
+
+  Returns:
+    graphdef: the model's structure; rest: its non-trainable variables; state: the TrainState.
+  """
+  graphdef, model_state = create_sharded_model(model_config, mesh, seed)
+  params, rest = split_params(model_state)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  @jax.jit
+  def init_rest(params):
+    return {"ema": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params)}
+
+  extra = init_rest(params)
+  state = {
+      "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+      "rng": jax.device_put(jax.random.key_data(jax.random.key(seed + 1)), replicated),
+      "params": params,
+      "ema": jax.device_put(extra["ema"], param_shardings),
+      "opt_state": extra["opt_state"],
+  }
+  return graphdef, rest, state
+
+
+def state_shardings(state: TrainState) -> Any:
+  """The sharding of every leaf of a (concrete) train state."""
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def count_params(params: nnx.State) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

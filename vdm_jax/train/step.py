@@ -1,0 +1,106 @@
+"""One pure train step: diffusion loss on the U-Net, gradients, optimizer, EMA, non-finite guard."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from vdm_jax.diffusion import CosineSchedule, DiffusionConfig, diffusion_loss
+from vdm_jax.model import UNetConfig
+from vdm_jax.train.config import OptimConfig, TrainConfig
+from vdm_jax.train.denoiser import frame_condition, make_denoise_fn
+from vdm_jax.train.optimizer import ema_decay_at, ema_update
+from vdm_jax.train.state import TrainState
+
+
+def training_condition(batch: dict, rng: jax.Array, model_cfg: UNetConfig,
+                       train_cfg: TrainConfig) -> tuple[dict, jax.Array | None]:
+  """The model's conditioning for a batch, with dropout for classifier-free guidance.
+
+  Returns:
+    cond dict and the loss frame mask [B, T] (None = every frame counts).
+  """
+  video = batch["video"]
+  b, t = video.shape[:2]
+  k_cls, k_cond = jax.random.split(rng)
+  cond: dict[str, jax.Array] = {}
+  if "image_mask" in batch:
+    cond["image_mask"] = batch["image_mask"]
+  if model_cfg.num_classes:
+    drop = jax.random.bernoulli(k_cls, train_cfg.class_dropout, (b,))
+    cond["labels"] = jnp.where(drop, model_cfg.num_classes, batch["label"]).astype(jnp.int32)
+  frame_mask = None
+  if model_cfg.cond_channels:
+    known = (jnp.arange(t) < train_cfg.cond_frames)[None, :] & jnp.ones((b, 1), bool)
+    keep = ~jax.random.bernoulli(k_cond, train_cfg.cond_dropout, (b, 1))
+    cond.update(frame_condition(video, known & keep))
+    frame_mask = 1.0 - (known & keep).astype(jnp.float32)
+  return cond, frame_mask
+
+
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
+                    lr_schedule: optax.Schedule, *, model_cfg: UNetConfig,
+                    diffusion_cfg: DiffusionConfig, schedule: CosineSchedule,
+                    optim_cfg: OptimConfig, train_cfg: TrainConfig
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """train_step(state, batch) -> (state, metrics); pure, for jax.jit with donated state.
+
+  batch: video float32 [B, T, H, W, C] in [-1, 1], label int32 [B], image_mask bool [B, T].
+  A step whose loss or gradient is not finite leaves params, EMA and optimizer state unchanged
+  (metrics['finite'] is False), so no non-finite value ever enters the state.
+  """
+  loss_kwargs = diffusion_cfg.loss_kwargs()
+  accum = optim_cfg.grad_accum_steps
+
+  def loss_fn(params, micro, rng):
+    k_cond, k_drop, k_loss = jax.random.split(rng, 3)
+    cond, frame_mask = training_condition(micro, k_cond, model_cfg, train_cfg)
+    denoise_fn = make_denoise_fn(graphdef, params, rest, deterministic=model_cfg.dropout == 0,
+                                 dropout_rng=k_drop)
+    loss, aux = diffusion_loss(denoise_fn, micro["video"], k_loss, cond, schedule=schedule,
+                               frame_mask=frame_mask, **loss_kwargs)
+    return jnp.mean(loss), jnp.mean(aux["x_mse"])
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grads_over_microbatches(params, batch, rng):
+    if accum == 1:
+      return grad_fn(params, batch, rng)
+    micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+
+    def body(carry, inputs):
+      (loss, x_mse), grads = grad_fn(params, inputs[0], inputs[1])
+      acc_loss, acc_mse, acc_grads = carry
+      return (acc_loss + loss, acc_mse + x_mse, jax.tree.map(jnp.add, acc_grads, grads)), None
+
+    (loss, x_mse, grads), _ = jax.lax.scan(
+        body, (jnp.zeros(()), jnp.zeros(()), zeros), (micro, jax.random.split(rng, accum)))
+    return (loss / accum, x_mse / accum), jax.tree.map(lambda g: g / accum, grads)
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+    (loss, x_mse), grads = grads_over_microbatches(state["params"], batch, step_rng)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = ema_update(state["ema"], params, ema_decay_at(state["step"], optim_cfg.ema_decay))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = {
+        "step": state["step"] + 1,
+        "rng": jax.random.key_data(rng),
+        "params": keep(params, state["params"]),
+        "ema": keep(ema, state["ema"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+    }
+    metrics = {"loss": loss, "x_mse": x_mse, "grad_norm": grad_norm,
+               "param_norm": optax.global_norm(new_state["params"]),
+               "learning_rate": lr_schedule(state["step"]), "finite": finite}
+    return new_state, metrics
+
+  return train_step

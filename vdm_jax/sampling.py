@@ -32,6 +32,7 @@ from vdm_jax.train.denoiser import frame_condition, make_denoise_fn, null_cond
 
 FRAME_METHODS = ("model", "reconstruction", "replacement")
 ChunkFn = Callable[..., jax.Array]
+DenoiseFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
 
 def make_sample_fn(graphdef: nnx.GraphDef, rest: nnx.State, *, schedule: diffusion.CosineSchedule,
@@ -57,18 +58,28 @@ def make_sample_fn(graphdef: nnx.GraphDef, rest: nnx.State, *, schedule: diffusi
   return sample_fn
 
 
-def make_chunk_fn(graphdef: nnx.GraphDef, rest: nnx.State, *, schedule: diffusion.CosineSchedule,
-                  sampler_config: diffusion.SamplerConfig, prediction: str = "v",
-                  num_classes: int = 0, guidance_weight: float | jax.Array = 0.0,
-                  frame_method: str | None = None, reconstruction_weight: float = 0.0
-                  ) -> ChunkFn:
+def make_chunk_fn(graphdef: nnx.GraphDef, rest: nnx.State, **kwargs: Any) -> ChunkFn:
+  """chunk_fn(params, z, rng, cond, x_known, known_mask, start, stop) for the U-Net (graphdef, rest).
+
+  See `make_chunk_fn_from_denoiser` for the keyword arguments and the chunk_fn's.
+  """
+  return make_chunk_fn_from_denoiser(lambda params: make_denoise_fn(graphdef, params, rest),
+                                     **kwargs)
+
+
+def make_chunk_fn_from_denoiser(make_denoise: Callable[[Any], DenoiseFn], *,
+                                schedule: diffusion.CosineSchedule,
+                                sampler_config: diffusion.SamplerConfig, prediction: str = "v",
+                                num_classes: int = 0, guidance_weight: float | jax.Array = 0.0,
+                                frame_method: str | None = None,
+                                reconstruction_weight: float = 0.0) -> ChunkFn:
   """chunk_fn(params, z, rng, cond, x_known, known_mask, start, stop) -> z after steps [start, stop).
 
   Runs loop iterations [start, stop) of `sampler_config.num_steps` (the last returns x in [-1, 1]);
   start/stop are traced, so one compilation serves every chunk, block and seed of a shape.
 
   Args:
-    graphdef, rest: the model's structure and non-trainable state.
+    make_denoise: params -> denoise_fn(z, logsnr [B], cond) -> prediction (called inside jit).
     schedule, sampler_config, prediction: the diffusion process and the sampler.
     num_classes: the model's class count (the null class for classifier-free guidance).
     guidance_weight: classifier-free w, a scalar or per-frame weights [T]; 0 disables it.
@@ -78,9 +89,9 @@ def make_chunk_fn(graphdef: nnx.GraphDef, rest: nnx.State, *, schedule: diffusio
       forward sample after each step).
     reconstruction_weight: w_r for "reconstruction".
 
-  chunk_fn arguments: params (nnx.State), z [B, T, H, W, C] (noise at start 0), rng (key), cond
-  (dict of labels [B] / cond_frames / cond_mask), x_known [B, T, H, W, C] in [-1, 1] (valid where
-  known), known_mask [B, T] float (1 = known), start / stop int32 scalars.
+  chunk_fn arguments: params (what make_denoise takes), z [B, T, H, W, C] (noise at start 0), rng
+  (key), cond (dict of labels [B] / cond_frames / cond_mask), x_known [B, T, H, W, C] in [-1, 1]
+  (valid where known), known_mask [B, T] float (1 = known), start / stop int32 scalars.
   """
   if frame_method not in (None,) + FRAME_METHODS:
     raise ValueError(f"frame_method={frame_method!r}; choose one of {FRAME_METHODS}")
@@ -89,7 +100,7 @@ def make_chunk_fn(graphdef: nnx.GraphDef, rest: nnx.State, *, schedule: diffusio
   replace = frame_method in ("reconstruction", "replacement")
 
   def chunk_fn(params, z, rng, cond, x_known, known_mask, start, stop):
-    denoise_fn = make_denoise_fn(graphdef, params, rest)
+    denoise_fn = make_denoise(params)
     if use_cfg:
       denoise_fn = diffusion.classifier_free_guidance(
           denoise_fn, guidance_weight, lambda c: null_cond(c, num_classes))
@@ -263,7 +274,9 @@ class GenerateOptions:
     num_samples: N videos.
     sampler, num_steps, eta, gamma, corrector_steps, corrector_delta, clip_x: the sampler
       (diffusion.SamplerConfig); num_steps None -> the config's sample.num_steps.
-    seed: the same seed, options and batch size give the same samples.
+    seed: a sample's initial noise depends only on the seed and its index, so DDIM (eta 0) gives
+      the same samples for any batch size and device count; stochastic samplers' step noise also
+      depends on the batch size.
     guidance_weight: classifier-free w (class- or frame-conditioned models only); 0 = none.
     guidance_weight_end: if set, w rises linearly over the frames from guidance_weight to this.
     labels: class labels for a class-conditional model, one per sample or one for all; default
@@ -456,13 +469,13 @@ class _BlockSampler:
     from vdm_jax.parallel import batch_sharding
     self.sharding = batch_sharding(model.mesh)
     self.chunk_fn = jax.jit(fn, out_shardings=self.sharding)  # z keeps one sharding: one compile
-    self.noise_fn = jax.jit(lambda key: jax.random.normal(key, (p.batch_size,) + p.shape),
-                            out_shardings=self.sharding)
+    self.noise_fn = jax.jit(_per_sample_noise, static_argnums=2, out_shardings=self.sharding)
     self.chunk = -(-p.sampler_config.num_steps // opts.progress_chunks)
 
-  def __call__(self, rng: jax.Array, x_known: np.ndarray, mask: np.ndarray,
+  def __call__(self, rng: jax.Array, first: int, x_known: np.ndarray, mask: np.ndarray,
                labels: np.ndarray | None, tag: str) -> jax.Array:
-    """x [B, T, H, W, C] in [-1, 1]; known frames (mask [B, T] = 1) equal x_known."""
+    """x [B, T, H, W, C] in [-1, 1] for samples first .. first + B - 1; known frames (mask [B, T]
+    = 1) equal x_known. A sample's initial noise depends on the seed and its index only."""
     x_known_g, mask_g = _global(x_known, self.sharding), _global(mask, self.sharding)
     cond = {}
     if labels is not None:
@@ -470,7 +483,8 @@ class _BlockSampler:
     if self.model.exp.model.cond_channels:
       cond.update(frame_condition(x_known_g, mask_g))
     rng_noise, rng_loop = jax.random.split(rng)
-    z = self.noise_fn(rng_noise)
+    z = self.noise_fn(rng_noise, np.int32(first), (self.p.batch_size,) + self.p.shape)
+    rng_loop = jax.random.fold_in(rng_loop, first)
     n = self.p.sampler_config.num_steps
     t0 = time.perf_counter()
     for start in range(0, n, self.chunk):
@@ -487,7 +501,13 @@ class _BlockSampler:
     return int(self.chunk_fn._cache_size())  # pylint: disable=protected-access
 
 
-def _sample_batch(sampler: _BlockSampler, rng: jax.Array, known: np.ndarray | None,
+def _per_sample_noise(rng: jax.Array, first: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """N(0, I) noise [B, ...] whose row i depends only on rng and the sample index first + i."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(shape[0]))
+  return jax.vmap(lambda key: jax.random.normal(key, shape[1:], jnp.float32))(keys)
+
+
+def _sample_batch(sampler: _BlockSampler, rng: jax.Array, first: int, known: np.ndarray | None,
                   labels: np.ndarray | None, tag: str) -> np.ndarray:
   """One batch of full-length videos [B, total, H, W, C]: the first block, then extensions."""
   p = sampler.p
@@ -496,14 +516,14 @@ def _sample_batch(sampler: _BlockSampler, rng: jax.Array, known: np.ndarray | No
   mask = np.zeros((b, t), np.float32)
   if known is not None:
     x_known[:, :p.cond_frames], mask[:, :p.cond_frames] = known, 1.0
-  video = sampler(jax.random.fold_in(rng, 0), x_known, mask, labels, f"{tag} block 1")
+  video = sampler(jax.random.fold_in(rng, 0), first, x_known, mask, labels, f"{tag} block 1")
   video = _host(video)
   num_blocks = 1 + max(0, -(-(p.total_frames - t) // (t - p.overlap)))
   for block in range(1, num_blocks):
     x_known = np.zeros_like(x_known)
     mask = np.zeros_like(mask)
     x_known[:, :p.overlap], mask[:, :p.overlap] = video[:, -p.overlap:], 1.0
-    new = _host(sampler(jax.random.fold_in(rng, block), x_known, mask, labels,
+    new = _host(sampler(jax.random.fold_in(rng, block), first, x_known, mask, labels,
                         f"{tag} block {block + 1}/{num_blocks}"))
     video = np.concatenate([video, new[:, p.overlap:]], axis=1)
   return video[:, :p.total_frames]
@@ -539,7 +559,7 @@ def generate(model: RestoredModel, opts: GenerateOptions) -> tuple[np.ndarray, d
     rows = slice(i * p.batch_size, min((i + 1) * p.batch_size, opts.num_samples))
     batch_known = None if known is None else _pad(known[rows], p.batch_size)
     batch_labels = None if labels is None else _pad(labels[rows], p.batch_size)
-    video = _sample_batch(sampler, jax.random.fold_in(rng, i), batch_known, batch_labels,
+    video = _sample_batch(sampler, rng, rows.start, batch_known, batch_labels,
                           f"batch {i + 1}/{p.num_batches}")
     batches.append(video[:rows.stop - rows.start])
   videos = np.concatenate(batches)

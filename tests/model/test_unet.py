@@ -1,6 +1,7 @@
 """Properties of the space-time U-Net: shapes, frame independence, conditioning, dtypes, compiles."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +40,26 @@ def inputs(seed: int = 0, t: int = T, s: int = S, c: int = 3):
   return jax.random.normal(kz, (B, t, s, s, c)), jax.random.uniform(kn, (B,))
 
 
-@nnx.jit(static_argnames=("deterministic",))
+# Tests check values, not speed: a lower XLA optimisation level halves compile time on 2 cores.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "deterministic"),
+                   compiler_options=FAST_COMPILE)
+def _forward(graphdef, state, z, noise, labels, cond_frames, cond_mask, image_mask, deterministic):
+  model = nnx.merge(graphdef, state)
+  out = model(z, noise, labels=labels, cond_frames=cond_frames, cond_mask=cond_mask,
+              image_mask=image_mask, deterministic=deterministic)
+  return out, nnx.state(model)
+
+
 def forward(model, z, noise, labels=None, cond_frames=None, cond_mask=None, image_mask=None,
             deterministic=True):
-  return model(z, noise, labels=labels, cond_frames=cond_frames, cond_mask=cond_mask,
-               image_mask=image_mask, deterministic=deterministic)
+  graphdef, state = nnx.split(model)
+  out, state = _forward(graphdef, state, z, noise, labels, cond_frames, cond_mask, image_mask,
+                        deterministic)
+  nnx.update(model, state)  # dropout rng counters advance
+  return out
 
 
 @pytest.mark.parametrize("overrides", [
@@ -63,7 +79,9 @@ def test_shapes_and_dtype(overrides):
 def test_real_init_counts_and_zero_output():
   """One real initialisation: count_params equals the materialised count; zero-init output layer."""
   cfg = dataclasses.replace(TINY, num_classes=5, cond_channels=2)
-  model = nnx.jit(lambda: UNet(cfg, rngs=nnx.Rngs(0)))()
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0))))
+  state = jax.jit(lambda: nnx.state(UNet(cfg, rngs=nnx.Rngs(0))), compiler_options=FAST_COMPILE)()
+  model = nnx.merge(graphdef, state)
   actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert count_params(cfg) == actual
   z, noise = inputs()
@@ -184,8 +202,15 @@ def test_remat_equals_plain_forward_and_grad():
   plain, remat = stage(small), stage(dataclasses.replace(small, remat="block"))
   x = jax.random.normal(jax.random.key(1), (1, T, 8, 8, 8))
   emb = jax.random.normal(jax.random.key(2), (1, 16))
-  grad_fn = nnx.jit(nnx.value_and_grad(lambda m, x: jnp.mean(m(x, emb) ** 2), argnums=(0, 1)))
-  (l1, g1), (l2, g2) = grad_fn(plain, x), grad_fn(remat, x)
+  def loss(params, x, rest, graphdef):
+    return jnp.mean(nnx.merge(graphdef, params, rest)(x, emb) ** 2)
+  grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=3,
+                    compiler_options=FAST_COMPILE)
+
+  def run(m):
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    return grad_fn(params, x, rest, graphdef)
+  (l1, g1), (l2, g2) = run(plain), run(remat)
   np.testing.assert_allclose(float(l1), float(l2), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
@@ -195,15 +220,16 @@ def test_one_compilation_per_input_shape():
   model = make_model(TINY)
   traces = []
 
-  @nnx.jit
-  def f(m, z, noise):
+  graphdef, state = nnx.split(model)
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def f(state, z, noise):
     traces.append(z.shape)
-    return m(z, noise)
-  z, noise = inputs(0)
-  f(model, z, noise)
-  f(model, *inputs(1))
+    return nnx.merge(graphdef, state)(z, noise)
+  f(state, *inputs(0))
+  f(state, *inputs(1))
   assert len(traces) == 1
-  f(model, *inputs(2, t=2))
+  f(state, *inputs(2, t=2))
   assert len(traces) == 2
 
 

@@ -110,10 +110,19 @@ class Embedding(nnx.Module):
     return h  # [B, E] float32
 
 
-def _apply(block, remat: bool, *args):
-  if remat:
-    return nnx.remat(lambda m, *a: m(*a))(block, *args)
-  return block(*args)
+def _apply(block, remat: bool, *args, **static_kwargs):
+  """block(*args, **static_kwargs), rematerialised when `remat`; kwargs stay Python values."""
+  if not remat:
+    return block(*args, **static_kwargs)
+  graphdef, state = nnx.split(block)
+
+  def run(state, *args):
+    module = nnx.merge(graphdef, state)
+    return module(*args, **static_kwargs), nnx.state(module)
+  out, state = jax.checkpoint(run)(state, *args)
+  if not static_kwargs.get("deterministic", True):
+    nnx.update(block, state)  # dropout rng counters advance (nothing changes otherwise)
+  return out
 
 
 class UNet(nnx.Module):
@@ -255,7 +264,7 @@ class Stage(nnx.Module):
                      if temporal else None)
 
   def __call__(self, x, emb, image_mask=None, deterministic: bool = True):
-    x = _apply(self.res, self.remat, x, emb, deterministic)
+    x = _apply(self.res, self.remat, x, emb, deterministic=deterministic)
     if self.spatial is not None:
       x = constrain(_apply(self.spatial, self.remat, x), ACT_AXES)
     if self.temporal is not None:

@@ -9,23 +9,25 @@ Variant `configs/default.py:tiny` runs the whole pipeline in about a minute (tes
 
 import ml_collections
 
+from vdm_jax.train.config import base_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.data = dict(name="moving_shapes", data_dir=None, num_frames=16, frame_stride=1, resolution=32,
+  c = base_config()
+  c.data.update(name="moving_shapes", data_dir=None, num_frames=16, frame_stride=1, resolution=32,
                 random_flip=False, image_frames=0)
-  c.model = dict(in_channels=3, out_channels=3, base_channels=32, channel_mult=(1, 2, 2),
+  c.model.update(in_channels=3, out_channels=3, base_channels=32, channel_mult=(1, 2, 2),
                  num_res_blocks=1, attention_resolutions=(8,), image_size=32, head_dim=32,
                  num_classes=0, dropout=0.0, conv_impl="im2col")
-  c.diffusion = dict(prediction="v", weighting="v", logsnr_min=-20.0, logsnr_max=20.0,
+  c.diffusion.update(prediction="v", weighting="v", logsnr_min=-20.0, logsnr_max=20.0,
                      time_sampling="low_discrepancy")
-  c.optim = dict(optimizer="adam", learning_rate=1e-3, b2=0.99, warmup_steps=100,
+  c.optim.update(optimizer="adam", learning_rate=1e-3, b2=0.99, warmup_steps=100,
                  schedule="cosine", grad_clip_norm=1.0, ema_decay=0.995)
-  c.train = dict(global_batch_size=16, num_steps=1500, seed=0, log_every=50, sample_every=500,
+  c.train.update(global_batch_size=16, num_steps=1500, seed=0, log_every=50, sample_every=500,
                  checkpoint_every=250)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.checkpoint = dict(max_to_keep=3, async_save=True)
-  c.sample = dict(num_samples=16, sampler="ddim", num_steps=64, fps=8)
+  c.mesh.update(data=-1, fsdp=1, tensor=1)
+  c.checkpoint.update(max_to_keep=3, async_save=True)
+  c.sample.update(num_samples=16, sampler="ddim", num_steps=64, fps=8)
   if variant == "tiny":
     c.data.update(num_frames=8, resolution=16)
     c.model.update(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,

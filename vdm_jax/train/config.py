@@ -124,3 +124,14 @@ class ExperimentConfig:
 
   def to_dict(self) -> dict:
     return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def base_config():
+  """A ConfigDict holding every section with every field at its default.
+
+  Config files start from it and change what they need, so each field can be overridden from the
+  command line (--config.train.num_steps=...) and tuples stay tuples.
+  """
+  import ml_collections
+  return ml_collections.ConfigDict(
+      {name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()})

@@ -1,0 +1,206 @@
+"""vdm_jax.sampling: restore a tiny training run's checkpoint and sample from it (shapes, range,
+determinism, 1 device from a checkpoint saved on 8, frame conditioning, extension, one compile),
+the chunked sampler's guidance wiring with exact denoisers, and the error cases."""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import configs.default
+from vdm_jax import diffusion, sampling
+from vdm_jax.diffusion.schedule import alpha_sigma
+from vdm_jax.train.config import ExperimentConfig
+
+T, RES = 4, 8
+
+
+def micro_config(data_dir):
+  """configs/default.py:tiny, smaller still: 4 frames of 8x8, two levels, 2 train steps."""
+  c = configs.default.get_config("tiny")
+  c.data.update(num_frames=T, resolution=RES, data_dir=data_dir)
+  c.model.update(base_channels=8, channel_mult=(1, 2), attention_resolutions=(4,), image_size=RES,
+                 head_dim=8)
+  c.train.update(num_steps=2, checkpoint_every=2, log_every=1, sample_every=0)
+  c.sample.update(num_samples=8, num_steps=2)
+  return c
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A 2-step training run of the micro config on the 8 forced CPU devices."""
+  from vdm_jax.train.loop import train_and_evaluate
+  path = str(tmp_path_factory.mktemp("run"))
+  train_and_evaluate(micro_config(str(tmp_path_factory.mktemp("tfds"))), path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def restored(workdir):
+  return sampling.restore_model(workdir)
+
+
+def test_samples_shape_range_protocol_and_one_compile(workdir, restored):
+  opts = sampling.GenerateOptions(num_samples=3, num_steps=4, progress_chunks=3)
+  videos, protocol = sampling.generate(restored, opts)
+  assert videos.shape == (3, T, RES, RES, 3) and videos.dtype == np.float32
+  assert np.isfinite(videos).all() and videos.min() >= -1.0 and videos.max() <= 1.0
+  assert videos.std() > 0.05  # not a constant image
+  assert protocol["checkpoint_step"] == 2 and protocol["use_ema"]
+  assert protocol["sampler"] == "ddim" and protocol["num_steps"] == 4 and protocol["seed"] == 0
+  assert protocol["devices"]["count"] == 8 and protocol["mesh"]["data"] == 8
+  assert protocol["batch_size"] == 8  # 3 rounded up to divide over 8 devices
+  assert protocol["compilations"] == 1  # three chunks of the step loop, one compilation
+  assert "ground_truth" not in protocol
+
+
+def test_same_seed_same_ddim_samples_on_one_device_from_eight(workdir, restored):
+  opts = sampling.GenerateOptions(num_samples=2, num_steps=3, seed=5)
+  eight, _ = sampling.generate(restored, opts)
+  again, _ = sampling.generate(restored, opts)
+  np.testing.assert_array_equal(eight, again)
+  other, _ = sampling.generate(restored, dataclasses.replace(opts, seed=6))
+  assert np.abs(other - eight).max() > 1e-2
+  one_device = sampling.restore_model(workdir, devices=jax.devices()[:1])
+  assert one_device.mesh.devices.size == 1 and one_device.step == 2
+  single, protocol = sampling.generate(one_device, opts)
+  assert protocol["batch_size"] == 2 and protocol["mesh"]["data"] == 1
+  np.testing.assert_allclose(single, eight, atol=2e-4)
+
+
+def test_raw_params_differ_from_ema(workdir, restored):
+  raw = sampling.restore_model(workdir, use_ema=False)
+  diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), raw.params, restored.params)
+  assert max(jax.tree.leaves(diffs)) > 0  # two Adam steps moved the params away from the EMA
+
+
+@pytest.mark.parametrize("method", ["reconstruction", "replacement"])
+def test_frame_conditioning_from_dataset_keeps_known_frames(restored, method):
+  opts = sampling.GenerateOptions(num_samples=2, num_steps=3, cond_frames=2, frame_method=method,
+                                  reconstruction_weight=5.0)
+  videos, protocol = sampling.generate(restored, opts)
+  truth = protocol["ground_truth"]
+  assert truth.shape == (2, T, RES, RES, 3) and videos.shape == truth.shape
+  np.testing.assert_array_equal(videos[:, :2], truth[:, :2])
+  assert np.abs(videos[:, 2:] - truth[:, 2:]).max() > 1e-3  # the rest is generated
+  assert protocol["frame_method"] == method and protocol["cond_frames"] == 2
+  assert protocol["cond_source"] == "moving_shapes/test"
+
+
+def test_extension_yields_the_asked_length(restored):
+  opts = sampling.GenerateOptions(num_samples=2, num_steps=2, num_frames=9, overlap=2)
+  videos, protocol = sampling.generate(restored, opts)
+  assert videos.shape == (2, 9, RES, RES, 3) and np.isfinite(videos).all()
+  assert protocol["num_frames"] == 9 and protocol["overlap"] == 2
+  assert protocol["frame_method"] == "reconstruction" and protocol["compilations"] == 1
+
+
+def test_errors_before_compiling(tmp_path, workdir, restored):
+  with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+    sampling.generate_from_workdir(str(tmp_path))
+  os.makedirs(tmp_path / "checkpoints")
+  with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+    sampling.generate_from_workdir(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="available steps: \\[2\\]"):
+    sampling.restore_model(workdir, step=7)
+  with pytest.raises(ValueError, match="unconditional"):
+    sampling.generate(restored, sampling.GenerateOptions(guidance_weight=1.0))
+  with pytest.raises(ValueError, match="not class-conditional"):
+    sampling.generate(restored, sampling.GenerateOptions(labels=(1,)))
+  with pytest.raises(ValueError, match="conditioning-frame channels"):
+    sampling.generate(restored, sampling.GenerateOptions(cond_frames=1, frame_method="model"))
+  with pytest.raises(ValueError, match="cond_frames=4 must be in"):
+    sampling.generate(restored, sampling.GenerateOptions(cond_frames=4))
+  with pytest.raises(ValueError, match="unknown sampling options"):
+    sampling.generate_from_workdir(workdir, guidance=1.0)
+
+
+def test_conditioning_video_errors(tmp_path, restored):
+  from vdm_jax.metrics import video_io
+  short = video_io.write_gif(str(tmp_path / "short.gif"), np.zeros((1, RES, RES, 3), np.uint8))
+  with pytest.raises(ValueError, match="has 1 frames but cond_frames=2"):
+    sampling.generate(restored, sampling.GenerateOptions(cond_frames=2, cond_video=short))
+  wide = video_io.write_gif(str(tmp_path / "wide.gif"), np.zeros((3, RES, 2 * RES, 3), np.uint8))
+  with pytest.raises(ValueError, match="is 16x8 but the model samples 8x8"):
+    sampling.generate(restored, sampling.GenerateOptions(cond_frames=2, cond_video=wide))
+
+
+def test_checkpoint_that_does_not_match_the_model(workdir, restored):
+  exp = restored.exp
+  other = dataclasses.replace(exp.model, base_channels=16)
+  _, target, _ = sampling.abstract_model(other, restored.mesh)
+  with pytest.raises(ValueError, match="does not match the model"):
+    sampling.restore_params(os.path.join(workdir, "checkpoints"), 2, target)
+
+
+# ----- The chunked sampler's wiring, with exact denoisers -----
+
+def _tied_frames_denoiser(num_frames):
+  """Exact x prediction for videos whose frames all equal one value c ~ N(0, 1) per pixel."""
+
+  def denoise_fn(z, logsnr, cond):
+    alpha, sigma = alpha_sigma(logsnr)
+    a, s = alpha.reshape(-1, 1, 1, 1, 1), sigma.reshape(-1, 1, 1, 1, 1)
+    c_hat = a * jnp.sum(z, axis=1, keepdims=True) / (num_frames * a**2 + s**2)
+    return jnp.broadcast_to(c_hat, z.shape)
+
+  return denoise_fn
+
+
+def _run_chunks(chunk_fn, z, rng, cond, x_known, mask, num_steps, bounds):
+  jitted = jax.jit(chunk_fn)
+  for start, stop in zip(bounds[:-1], bounds[1:]):
+    z = jitted(None, z, rng, cond, x_known, mask, np.int32(start), np.int32(stop))
+  assert bounds[-1] == num_steps and jitted._cache_size() == 1
+  return z
+
+
+def test_chunked_reconstruction_guidance_matches_the_conditional_answer():
+  t, n, steps = 6, 32, 16
+  known = jnp.broadcast_to(jax.random.normal(jax.random.key(1), (n, 1, 2, 2, 1)) * 0.5,
+                           (n, t, 2, 2, 1))
+  mask = jnp.zeros((n, t)).at[:, :2].set(1.0)
+  config = diffusion.SamplerConfig("ddim", steps, clip_x=True)
+  z = jax.random.normal(jax.random.key(2), known.shape)
+  errors = {}
+  for method, w_r in (("reconstruction", 4.0), ("replacement", 0.0)):
+    chunk_fn = sampling.make_chunk_fn_from_denoiser(
+        lambda params: _tied_frames_denoiser(t), schedule=diffusion.CosineSchedule(),
+        sampler_config=config, prediction="x", frame_method=method, reconstruction_weight=w_r)
+    x = _run_chunks(chunk_fn, z, jax.random.key(3), {}, known, mask, steps, [0, 5, 11, 16])
+    np.testing.assert_array_equal(x[:, :2], known[:, :2])
+    errors[method] = float(jnp.sqrt(jnp.mean(jnp.square(x[:, 2:] - known[:, 2:]))))
+    if method == "reconstruction":  # the same as the diffusion core run in one piece
+      base = diffusion.make_predict_fn(_tied_frames_denoiser(t), prediction="x", clip_x=False)
+      ref = diffusion.sample_loop(
+          diffusion.reconstruction_guidance(base, known, mask, w_r, clip_x=True), z,
+          jax.random.key(3), schedule=diffusion.CosineSchedule(), config=config,
+          post_step_fn=diffusion.replace_known_frames(known, mask))
+      np.testing.assert_allclose(x, ref, atol=1e-5)
+  assert errors["reconstruction"] < 0.05, errors  # the conditional answer: every frame = known
+  assert errors["replacement"] > 2 * errors["reconstruction"], errors
+
+
+def _class_denoiser(z, logsnr, cond):
+  shift = cond["labels"].astype(jnp.float32).reshape(-1, 1, 1, 1, 1)
+  return jnp.tanh(0.5 * z + 0.1 * shift)
+
+
+def test_guidance_weight_zero_equals_the_conditional_model():
+  num_classes, steps = 3, 6
+  z = jax.random.normal(jax.random.key(0), (4, 3, 2, 2, 1))
+  cond = {"labels": jnp.array([0, 1, 2, 1])}
+  zeros = jnp.zeros((4, 3))
+  outs = {}
+  for name, w in (("none", 0.0), ("zero_per_frame", jnp.zeros(3)), ("rising", jnp.array([0., 1, 2]))):
+    chunk_fn = sampling.make_chunk_fn_from_denoiser(
+        lambda params: _class_denoiser, schedule=diffusion.CosineSchedule(),
+        sampler_config=diffusion.SamplerConfig("ddim", steps), prediction="x",
+        num_classes=num_classes, guidance_weight=w)
+    outs[name] = _run_chunks(chunk_fn, z, jax.random.key(1), cond, z, zeros, steps, [0, 2, 6])
+  np.testing.assert_allclose(outs["zero_per_frame"], outs["none"], atol=1e-6)
+  np.testing.assert_allclose(outs["rising"][:, 0], outs["none"][:, 0], atol=1e-6)  # w = 0 there
+  assert float(jnp.abs(outs["rising"][:, 2] - outs["none"][:, 2]).max()) > 1e-3

@@ -9,7 +9,7 @@ Variant `configs/default.py:tiny` runs the whole pipeline in about a minute (tes
 
 import ml_collections
 
-from vdm_jax.train.config import base_config
+from vdm_jax.train.config import base_config, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -29,12 +29,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.checkpoint.update(max_to_keep=3, async_save=True)
   c.sample.update(num_samples=16, sampler="ddim", num_steps=64, fps=8)
   if variant == "tiny":
-    c.data.update(num_frames=8, resolution=16)
-    c.model.update(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
-                   head_dim=16)
-    c.train.update(global_batch_size=8, num_steps=6, log_every=2, sample_every=4,
-                   checkpoint_every=3, progress_bar=False)
-    c.sample.update(num_samples=8, num_steps=4)
+    shrink_to_tiny(c)
   elif variant:
     raise ValueError(f"configs/default.py has variants '' and 'tiny', not {variant!r}")
   return c

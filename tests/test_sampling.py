@@ -116,6 +116,8 @@ def test_errors_before_compiling(tmp_path, workdir, restored):
     sampling.generate(restored, sampling.GenerateOptions(cond_frames=1, frame_method="model"))
   with pytest.raises(ValueError, match="cond_frames=4 must be in"):
     sampling.generate(restored, sampling.GenerateOptions(cond_frames=4))
+  with pytest.raises(ValueError, match="unconditional"):  # checked before reading any array
+    sampling.generate_from_workdir(workdir, guidance_weight=1.0)
   with pytest.raises(ValueError, match="unknown sampling options"):
     sampling.generate_from_workdir(workdir, guidance=1.0)
 

@@ -243,6 +243,33 @@ def _check_params_match(target: Any, saved: Any, key: str, path: str) -> None:
                      f"({len(extra)} such parameters). {hint}")
 
 
+def read_experiment(workdir: str, step: int | None = None) -> tuple[Any, int, dict]:
+  """(ExperimentConfig, step, manifest) of checkpoint `step` (latest when None); no array read.
+
+  Raises:
+    FileNotFoundError: no checkpoint (or none for `step`) in workdir.
+    ValueError: the manifest holds no config.
+  """
+  from vdm_jax import checkpoints
+  from vdm_jax.train.config import ExperimentConfig
+
+  directory = checkpoint_dir(workdir)
+  with checkpoints.Checkpointer(directory, create=False, async_save=False) as ckpt:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {directory}: train first (train.py --workdir "
+                              f"{workdir}), or pass the --workdir of a run that saved one")
+    if step is not None and int(step) not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; available steps: "
+                              f"{steps}")
+    step = steps[-1] if step is None else int(step)
+    manifest = ckpt.read_manifest(step)
+  if "config" not in manifest:
+    raise ValueError(f"checkpoint step {step} in {directory} has no config in its manifest, so the "
+                     "model cannot be rebuilt; it was not written by vdm_jax's train.py")
+  return ExperimentConfig.from_config_dict(manifest["config"]), step, manifest
+
+
 def restore_model(workdir: str, step: int | None = None, *, use_ema: bool = True,
                   devices: Sequence[jax.Device] | None = None) -> RestoredModel:
   """Rebuilds the model from the manifest of `step` (latest when None) and restores its params.
@@ -254,32 +281,13 @@ def restore_model(workdir: str, step: int | None = None, *, use_ema: bool = True
     FileNotFoundError: no checkpoint (or none for `step`) in workdir.
     ValueError: the checkpoint does not match the model its manifest describes.
   """
-  from vdm_jax import checkpoints
   from vdm_jax.parallel import make_mesh
-  from vdm_jax.train.config import ExperimentConfig
 
-  directory = checkpoint_dir(workdir)
-  ckpt = checkpoints.Checkpointer(directory, create=False, async_save=False)
-  try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {directory}: train first (train.py --workdir "
-                              f"{workdir}), or pass the --workdir of a run that saved one")
-    if step is not None and int(step) not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; available steps: "
-                              f"{steps}")
-    step = steps[-1] if step is None else int(step)
-    manifest = ckpt.read_manifest(step)
-  finally:
-    ckpt.close()
-  if "config" not in manifest:
-    raise ValueError(f"checkpoint step {step} in {directory} has no config in its manifest, so the "
-                     "model cannot be rebuilt; it was not written by vdm_jax's train.py")
-  exp = ExperimentConfig.from_config_dict(manifest["config"])
+  exp, step, manifest = read_experiment(workdir, step)
   mesh = make_mesh(data=-1, fsdp=1, tensor=1, devices=devices)
   graphdef, target, rest = abstract_model(exp.model, mesh, exp.train.seed)
-  params = restore_params(directory, step, target, use_ema=use_ema)
-  return RestoredModel(exp, graphdef, rest, params, mesh, int(step), use_ema, manifest)
+  params = restore_params(checkpoint_dir(workdir), step, target, use_ema=use_ema)
+  return RestoredModel(exp, graphdef, rest, params, mesh, step, use_ema, manifest)
 
 
 # ----- Generating from a restored model -----
@@ -352,12 +360,33 @@ class _Plan:
 def plan(exp: Any, opts: GenerateOptions, num_devices: int) -> _Plan:
   """Fills in defaults and rejects options the model cannot take, before anything compiles.
 
+  Args:
+    exp: the ExperimentConfig the model was trained with.
+    opts: what to sample.
+    num_devices: devices the batch is split over (the batch is rounded up to a multiple).
+
   Raises:
     ValueError: naming the option and what to change.
   """
-  model, t = exp.model, exp.data.num_frames
-  if opts.num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {opts.num_samples}")
+  _check_guidance(exp.model, opts)
+  t = exp.data.num_frames
+  k, total, method, overlap = _frame_plan(exp, opts)
+  sampler_config = diffusion.SamplerConfig(
+      opts.sampler, opts.num_steps or exp.sample.num_steps, eta=opts.eta, gamma=opts.gamma,
+      clip_x=opts.clip_x, corrector_steps=opts.corrector_steps,
+      corrector_delta=opts.corrector_delta)
+  if opts.num_samples < 1 or opts.progress_chunks < 1 or (opts.batch_size or 1) < 1:
+    raise ValueError(f"num_samples={opts.num_samples}, batch_size={opts.batch_size} and "
+                     f"progress_chunks={opts.progress_chunks} must be >= 1")
+  batch = min(opts.batch_size or opts.num_samples, opts.num_samples)
+  batch = -(-batch // num_devices) * num_devices
+  shape = (t, exp.data.resolution, exp.data.resolution, exp.model.out_channels)
+  return _Plan(sampler_config, t, total, k, method, overlap, batch,
+               -(-opts.num_samples // batch), shape)
+
+
+def _check_guidance(model: Any, opts: GenerateOptions) -> None:
+  """Classifier-free guidance and labels only for models that were trained to take them."""
   conditional = bool(model.num_classes or model.cond_channels)
   if (opts.guidance_weight or opts.guidance_weight_end) and not conditional:
     raise ValueError("classifier-free guidance (guidance_weight != 0) needs a class- or "
@@ -371,12 +400,17 @@ def plan(exp: Any, opts: GenerateOptions, num_devices: int) -> _Plan:
     if bad or len(opts.labels) not in (1, opts.num_samples):
       raise ValueError(f"labels must be 1 or num_samples={opts.num_samples} values in "
                        f"[0, {model.num_classes}); got {list(opts.labels)}")
+
+
+def _frame_plan(exp: Any, opts: GenerateOptions) -> tuple[int, int, str | None, int]:
+  """(known frames k, total frames, frame method, extension overlap), defaults filled in."""
+  model, t = exp.model, exp.data.num_frames
   k = opts.cond_frames if opts.cond_frames is not None else (
       exp.train.cond_frames if model.cond_channels else 0)
   total = opts.num_frames or t
   if not 0 <= k < t:
     raise ValueError(f"cond_frames={k} must be in [0, {t}) (the model's {t} frames per block)")
-  if total < max(k + 1, 1):
+  if total <= k:
     raise ValueError(f"num_frames={total} must exceed cond_frames={k}")
   method = opts.frame_method
   if method is None and (k or total > t):
@@ -391,19 +425,7 @@ def plan(exp: Any, opts: GenerateOptions, num_devices: int) -> _Plan:
   overlap = opts.overlap or ((exp.train.cond_frames if model.cond_channels else 0) or t // 2)
   if total > t and not 1 <= overlap < t:
     raise ValueError(f"overlap={overlap} must be in [1, {t}) to extend past {t} frames")
-  num_steps = opts.num_steps or exp.sample.num_steps
-  sampler_config = diffusion.SamplerConfig(
-      opts.sampler, num_steps, eta=opts.eta, gamma=opts.gamma, clip_x=opts.clip_x,
-      corrector_steps=opts.corrector_steps, corrector_delta=opts.corrector_delta)
-  if opts.progress_chunks < 1:
-    raise ValueError(f"progress_chunks must be >= 1, got {opts.progress_chunks}")
-  batch = min(opts.batch_size or opts.num_samples, opts.num_samples)
-  if batch < 1:
-    raise ValueError(f"batch_size must be >= 1, got {opts.batch_size}")
-  batch = -(-batch // num_devices) * num_devices
-  channels = model.out_channels
-  return _Plan(sampler_config, t, total, k, method, overlap, batch,
-               -(-opts.num_samples // batch), (t, exp.data.resolution, exp.data.resolution, channels))
+  return k, total, method, overlap
 
 
 def conditioning_clips(exp: Any, opts: GenerateOptions, p: _Plan
@@ -437,7 +459,7 @@ def conditioning_clips(exp: Any, opts: GenerateOptions, p: _Plan
   from vdm_jax import data
   length = p.total_frames
   info = data.dataset_info(exp.data)
-  if info.num_frames is not None and info.num_frames < length:
+  if not info.num_frames or info.num_frames < length:  # unknown or too short: one block's worth
     length = p.train_frames
   config = dataclasses.replace(exp.data, num_frames=length, image_frames=0,
                                eval_split=opts.cond_split or exp.data.eval_split)
@@ -648,6 +670,8 @@ def generate_from_workdir(workdir: str, num_samples: int = 8, *, sampler: str = 
                          **options)
   if opts.cond_video and not os.path.isfile(opts.cond_video):
     raise FileNotFoundError(f"no conditioning video at {opts.cond_video!r}")
+  exp, step, _ = read_experiment(workdir, step)
+  plan(exp, opts, len(devices or jax.devices()))  # option errors before reading any array
   model = restore_model(workdir, step, use_ema=use_ema, devices=devices)
   videos, protocol = generate(model, opts)
   protocol = {"workdir": os.path.abspath(workdir), **protocol}
@@ -684,8 +708,8 @@ def sample_and_save(workdir: str, output_dir: str | None = None, *, fps: int | N
   protocol["output_dir"] = os.path.abspath(output_dir)
   if jax.process_index() != 0:
     return output_dir, protocol
-  from vdm_jax.checkpoints import library_versions
   from vdm_jax.metrics import video_io
+  from vdm_jax.versions import library_versions
   written = video_io.save_videos(output_dir, videos, fps=fps or protocol["fps"])
   arrays = {"videos": video_io.to_uint8(videos)}
   if ground_truth is not None:

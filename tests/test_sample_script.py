@@ -17,6 +17,7 @@ from vdm_jax.parallel import make_mesh
 from vdm_jax.train.config import ExperimentConfig
 from vdm_jax.train.optimizer import make_optimizer
 from vdm_jax.train.state import count_params, create_train_state
+from vdm_jax.versions import library_versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, RES = 4, 8
@@ -33,7 +34,7 @@ def write_checkpoint(workdir: str, data_dir: str, step: int = 5, **model: int) -
   exp = ExperimentConfig.from_config_dict(c)
   mesh = make_mesh(**dataclasses.asdict(exp.mesh))
   _, _, state = create_train_state(exp.model, make_optimizer(exp.optim, 10), mesh, exp.train.seed)
-  manifest = {"config": exp.to_dict(), "versions": checkpoints.library_versions(),
+  manifest = {"config": exp.to_dict(), "versions": library_versions(),
               "mesh": {k: int(v) for k, v in mesh.shape.items()},
               "dataset": dataclasses.asdict(data.dataset_info(exp.data)),
               "num_params": count_params(state["params"]), "step": step}

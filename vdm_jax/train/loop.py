@@ -7,6 +7,7 @@ resumed run is bit-identical on CPU to one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -129,6 +130,17 @@ class _Preemption:
       signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def _finish_saves_on_error(ckpt: checkpoints.Checkpointer, train_iter):
+  """If the loop raises (e.g. the NaN guard), the last good async save still completes."""
+  try:
+    yield
+  except BaseException:
+    ckpt.close()
+    train_iter.close()
+    raise
+
+
 def _progress(total: int, initial: int, enabled: bool):
   if not enabled:
     return None
@@ -203,7 +215,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   pending: list[tuple[int, dict]] = []
   bar = _progress(num_steps, first_step, is_chief and exp.train.progress_bar)
   tick, tick_step = time.perf_counter(), first_step
-  with _Preemption() as preempt:
+  with _Preemption() as preempt, _finish_saves_on_error(ckpt, train_iter):
     step = first_step
     while step < num_steps:
       batch = host_to_global(next(train_iter), mesh)

@@ -13,7 +13,6 @@ import pytest
 import configs.default
 from vdm_jax import diffusion, sampling
 from vdm_jax.diffusion.schedule import alpha_sigma
-from vdm_jax.train.config import ExperimentConfig
 
 T, RES = 4, 8
 

@@ -555,9 +555,9 @@ def _sample_batch(sampler: _BlockSampler, p: _Plan, rng: jax.Array, first: int,
   mask = np.zeros((b, t), np.float32)
   if known is not None:
     x_known[:, :p.cond_frames], mask[:, :p.cond_frames] = known, 1.0
-  video = sampler(jax.random.fold_in(rng, 0), first, x_known, mask, labels, f"{tag} block 1")
-  video = _host(video)
-  num_blocks = 1 + max(0, -(-(p.total_frames - t) // (t - p.overlap)))
+  num_blocks = 1 if p.total_frames <= t else 1 + -(-(p.total_frames - t) // (t - p.overlap))
+  video = _host(sampler(jax.random.fold_in(rng, 0), first, x_known, mask, labels,
+                        f"{tag} block 1/{num_blocks}"))
   for block in range(1, num_blocks):
     x_known = np.zeros_like(x_known)
     mask = np.zeros_like(mask)

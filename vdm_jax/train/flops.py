@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import jax
@@ -41,3 +42,62 @@ def peak_flops_per_second(size: int = 1024, repeats: int = 5) -> float:
     best = min(best, time.perf_counter() - t0)
   per_device = 2.0 * size**3 / best
   return per_device if jax.default_backend() == "cpu" else per_device * jax.device_count()
+
+
+def _dot_general_flops(eqn) -> float:
+  lhs, rhs = (v.aval for v in eqn.invars[:2])
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  contract = math.prod(lhs.shape[d] for d in lc)
+  out = math.prod(eqn.outvars[0].aval.shape)
+  return 2.0 * out * contract
+
+
+def _conv_flops(eqn) -> float:
+  rhs = eqn.invars[1].aval
+  dn = eqn.params["dimension_numbers"]
+  kernel_spatial = math.prod(rhs.shape[d] for d in dn.rhs_spec[2:])
+  cin_per_group = rhs.shape[dn.rhs_spec[1]]
+  out = math.prod(eqn.outvars[0].aval.shape)
+  return 2.0 * out * kernel_spatial * cin_per_group
+
+
+def _sub_jaxprs(eqn):
+  """(jaxpr, multiplicity) of the sub-programs of one equation (scan bodies count `length` times)."""
+  prim = eqn.primitive.name
+  if prim == "cond":
+    branches = [b.jaxpr for b in eqn.params["branches"]]
+    return [(max(branches, key=jaxpr_matmul_flops), 1)]
+  mult = eqn.params.get("length", 1) if prim == "scan" else 1
+  subs = []
+  for value in eqn.params.values():
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+      if isinstance(v, jax.extend.core.ClosedJaxpr):
+        subs.append((v.jaxpr, mult))
+      elif isinstance(v, jax.extend.core.Jaxpr):
+        subs.append((v, mult))
+  return subs
+
+
+def jaxpr_matmul_flops(jaxpr) -> float:
+  """Multiply-add FLOPs (2 per MAC) of every dot_general and convolution in a jaxpr.
+
+  Unlike XLA's cost analysis it multiplies a scan body by its length (chunked attention, gradient
+  accumulation), so it is the analytic count MFU should use. Elementwise ops are not counted; a
+  while loop's body counts once (its trip count is unknown).
+  """
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      total += _dot_general_flops(eqn)
+    elif name == "conv_general_dilated":
+      total += _conv_flops(eqn)
+    for sub, mult in _sub_jaxprs(eqn):
+      total += mult * jaxpr_matmul_flops(sub)
+  return total
+
+
+def matmul_flops(fn, *args, **kwargs) -> float:
+  """jaxpr_matmul_flops of fn(*args, **kwargs) (traced, never run or compiled)."""
+  return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args, **kwargs))

@@ -1,0 +1,194 @@
+"""Train-step speed and memory of named configs: compile time, step time, videos/s, FLOPs, MFU.
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /work/venv/bin/python \
+      -m benchmarks.train_step --configs default default:tiny bair:tiny ucf101:tiny
+
+FLOPs: XLA's cost analysis of the compiled step (counts a loop body once) beside an analytic
+count (every dot/conv of the step's jaxpr, scan bodies times their length); MFU uses the analytic
+count against a float32 matmul peak measured in the same run. Memory is per device, from
+compiled.memory_analysis() and from the shards of the train state.
+
+    --fsdp_sweep 1,2,4,8 --devices 8     per-device param+EMA+optimizer bytes for fsdp=N
+    --preflight --mesh 1,8,1 --memory_limit_gb 16   compile for a mesh, exit 2 with advice if
+                                                     the step needs more memory per device
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--configs", nargs="+", default=["default", "default:tiny"])
+  p.add_argument("--set", nargs="*", default=[], help="section.key=value overrides for every config")
+  p.add_argument("--devices", type=int, default=0, help="forced CPU device count (0 = leave)")
+  p.add_argument("--mesh", default="", help="data,fsdp,tensor (default: the config's mesh)")
+  p.add_argument("--dtype", default="", help="model compute dtype override (float32, bfloat16)")
+  p.add_argument("--remat", default="", help="model remat override (none, block)")
+  p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
+  p.add_argument("--no_run", action="store_true", help="compile only (no step times)")
+  p.add_argument("--fsdp_sweep", default="", help="e.g. 1,2,4,8: state bytes per device per fsdp")
+  p.add_argument("--preflight", action="store_true", help="compile and check --memory_limit_gb")
+  p.add_argument("--memory_limit_gb", type=float, default=0.0)
+  p.add_argument("--json", default="", help="also write the rows to this file")
+  return p.parse_args(argv)
+
+
+def setup_devices(n: int) -> None:
+  if n:
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+  out = list(args.set)
+  if args.dtype:
+    out.append(f"model.dtype={args.dtype}")
+  if args.remat:
+    out.append(f"model.remat={args.remat}")
+  if args.mesh:
+    for axis, size in zip(("data", "fsdp", "tensor"), args.mesh.split(",")):
+      out.append(f"mesh.{axis}={int(size)}")
+  return out
+
+
+def state_bytes_per_device(state: Any) -> int:
+  """Bytes of the train state held by the first device (its shards of every leaf)."""
+  import jax
+  dev = jax.devices()[0]
+  total = 0
+  for leaf in jax.tree.leaves(state):
+    for shard in leaf.addressable_shards:
+      if shard.device == dev:
+        total += shard.data.nbytes
+  return total
+
+
+def memory_row(compiled: Any) -> dict[str, float]:
+  """Per-device memory of a compiled step in GB (arguments, outputs, temporaries, peak estimate)."""
+  m = compiled.memory_analysis()
+  gb = lambda b: round(b / 1e9, 4)
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
+  return {"args_gb": gb(m.argument_size_in_bytes), "temp_gb": gb(m.temp_size_in_bytes),
+          "out_gb": gb(m.output_size_in_bytes), "alias_gb": gb(m.alias_size_in_bytes),
+          "peak_gb": gb(peak)}
+
+
+def measure(name: str, over: list[str], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+  import jax
+  from benchmarks import common
+  from vdm_jax.parallel import make_mesh
+  from vdm_jax.train.flops import compiled_flops, matmul_flops
+  from vdm_jax.train.state import count_params
+  exp = common.load_config(name, over)
+  mesh = make_mesh(exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor)
+  step, state, _ = common.build_step(exp, mesh)
+  batch = common.shard_batch(common.dummy_batch(exp), mesh)
+  analytic = matmul_flops(step, state, batch)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  row = {"config": name, "mesh": dict(mesh.shape), "batch": exp.train.global_batch_size,
+         "frames": exp.data.num_frames, "res": exp.data.resolution, "dtype": exp.model.dtype,
+         "remat": exp.model.remat, "params": count_params(state["params"]),
+         "compile_s": round(time.perf_counter() - t0, 1),
+         "xla_gflop": round(compiled_flops(compiled) / 1e9, 2), "matmul_gflop": round(analytic / 1e9, 2),
+         "state_gb_per_device": round(state_bytes_per_device(state) / 1e9, 4), **memory_row(compiled)}
+  if args.preflight:
+    row["preflight"] = preflight(row, args.memory_limit_gb)
+  if args.no_run:
+    return row
+  times = common.time_calls(lambda: _step(compiled, state, batch), args.steps + 1)[1:]
+  step_s = common.median(times)
+  row.update(step_s=round(step_s, 3), steps_s=[round(t, 3) for t in times],
+             videos_per_s=round(row["batch"] / step_s, 2),
+             achieved_gflops=round(analytic / step_s / 1e9, 2),
+             mfu_pct=round(100 * analytic / step_s / peak, 2), load=common.load_average())
+  return row
+
+
+def _step(compiled, state, batch):
+  # The state is donated: keep the returned one in the caller's list cell.
+  new_state, metrics = compiled(state, batch)
+  state.clear()
+  state.update(new_state)
+  return metrics
+
+
+def preflight(row: dict[str, Any], limit_gb: float) -> str:
+  """'ok' or advice when the compiled step's per-device peak exceeds limit_gb."""
+  if not limit_gb or row["peak_gb"] <= limit_gb:
+    return "ok"
+  return (f"needs {row['peak_gb']:.2f} GB per device > limit {limit_gb:.2f} GB: state "
+          f"{row['state_gb_per_device']:.2f} GB (raise mesh.fsdp to shard it), temporaries "
+          f"{row['temp_gb']:.2f} GB (set model.remat=block, model.attention_chunk_size, a smaller "
+          "per-device batch via mesh.data or optim.grad_accum_steps, or model.dtype=bfloat16)")
+
+
+def fsdp_sweep(name: str, over: list[str], sizes: list[int]) -> list[dict[str, Any]]:
+  """Per-device train-state bytes for fsdp = N (data takes the remaining devices); no compile."""
+  import jax
+  from benchmarks import common
+  from vdm_jax.parallel import make_mesh
+  from vdm_jax.train.optimizer import make_optimizer
+  from vdm_jax.train.state import create_train_state
+  rows = []
+  for n in sizes:
+    exp = common.load_config(name, over)
+    mesh = make_mesh(-1, n, 1)
+    _, _, state = create_train_state(exp.model, make_optimizer(exp.optim, 10), mesh, 0)
+    total = sum(x.nbytes for x in jax.tree.leaves(state))
+    per = state_bytes_per_device(state)
+    row = {"config": name, "fsdp": n, "mesh": dict(mesh.shape), "state_mb_total": round(total / 1e6, 2),
+           "state_mb_per_device": round(per / 1e6, 2), "fraction": round(per / total, 4)}
+    for part in ("params", "ema", "opt_state"):
+      part_total = sum(x.nbytes for x in jax.tree.leaves(state[part]))
+      row[f"{part}_fraction"] = round(state_bytes_per_device(state[part]) / part_total, 4)
+    rows.append(row)
+  return rows
+
+
+def print_table(rows: list[dict[str, Any]], keys: list[str]) -> None:
+  print(" | ".join(f"{k:>14s}" for k in keys))
+  for r in rows:
+    print(" | ".join(f"{str(r.get(k, '')):>14s}" for k in keys))
+
+
+def main(argv: list[str]) -> None:
+  args = parse(argv)
+  setup_devices(args.devices)
+  os.environ.setdefault("VDM_DATA_DIR", "/tmp/vdm_data")
+  from benchmarks import common
+  from vdm_jax.train.flops import peak_flops_per_second
+  over = overrides(args)
+  if args.fsdp_sweep:
+    rows = [r for name in args.configs
+            for r in fsdp_sweep(name, over, [int(n) for n in args.fsdp_sweep.split(",")])]
+    print_table(rows, ["config", "fsdp", "state_mb_total", "state_mb_per_device", "fraction",
+                       "params_fraction", "ema_fraction", "opt_state_fraction"])
+  else:
+    peak = peak_flops_per_second()
+    rows = [measure(name, over, args, peak) for name in args.configs]
+    keys = ["config", "params", "compile_s", "step_s", "videos_per_s", "xla_gflop", "matmul_gflop",
+            "achieved_gflops", "mfu_pct", "state_gb_per_device", "temp_gb", "peak_gb"]
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; load {common.load_average()}; "
+          f"tcmalloc {common.tcmalloc_loaded()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print_table(rows, keys + (["preflight"] if args.preflight else []))
+  print(json.dumps(rows))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+  if args.preflight and any(r.get("preflight", "ok") != "ok" for r in rows):
+    for r in rows:
+      print(f"PREFLIGHT FAILED {r['config']}: {r['preflight']}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

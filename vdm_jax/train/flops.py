@@ -7,6 +7,7 @@ import math
 import time
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 
 
@@ -71,9 +72,9 @@ def _sub_jaxprs(eqn):
   subs = []
   for value in eqn.params.values():
     for v in value if isinstance(value, (list, tuple)) else (value,):
-      if isinstance(v, jax.extend.core.ClosedJaxpr):
+      if isinstance(v, jex_core.ClosedJaxpr):
         subs.append((v.jaxpr, mult))
-      elif isinstance(v, jax.extend.core.Jaxpr):
+      elif isinstance(v, jex_core.Jaxpr):
         subs.append((v, mult))
   return subs
 

@@ -23,6 +23,9 @@ _CACHE_OPTIONS = {"jax_compilation_cache_dir": None,
                   "jax_persistent_cache_min_compile_time_secs": 0.0,
                   "jax_persistent_cache_min_entry_size_bytes": 0}
 
+# norm_groups=4: two channels per GroupNorm group. With one channel per group (8 channels, the default
+# 32 groups) a bias in front of a norm gets an exactly-zero gradient, which Adam turns into
+# lr-sized updates of float noise, and 1-device vs 8-device parameters could not be compared.
 MICRO_MODEL = dict(base_channels=8, channel_mult=(1,), attention_resolutions=(), head_dim=8,
                    emb_mlp_layers=1, image_size=8, norm_groups=4)
 MICRO_DATA = dict(num_frames=4, resolution=8)

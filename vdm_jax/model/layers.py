@@ -97,14 +97,34 @@ class GroupNorm(nnx.Module):
 
   def __call__(self, x: jax.Array, reduce_axes: tuple[int, ...]) -> jax.Array:
     """Normalises x [..., C] over `reduce_axes` (non-channel axes) and channels within a group."""
-    c = x.shape[-1]
-    xg = x.astype(jnp.float32).reshape(*x.shape[:-1], self.groups, c // self.groups)
-    axes = tuple(a % x.ndim for a in reduce_axes) + (x.ndim,)
-    mean = jnp.mean(xg, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
-    y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    y = group_norm(x, self.scale[...], self.bias[...], self.groups, reduce_axes, self.epsilon)
     return y.astype(self.dtype)
+
+
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
+               reduce_axes: tuple[int, ...], epsilon: float = 1e-6) -> jax.Array:
+  """GroupNorm of x [..., C] over `reduce_axes` and the channels of each group; float32 out.
+
+  One pass over x: E[x] and E[x^2] come from one fused reduction (var = E[x^2] - E[x]^2, clamped
+  at 0, in float32, like flax's use_fast_variance), then the normalisation and the affine fold into
+  one per-(sample, channel) scale and shift, so x is read twice in total instead of four times
+  (3.5x faster forward+backward than mean-then-variance on XLA CPU, benchmarks/ops.py).
+  """
+  c = x.shape[-1]
+  per_group = c // groups
+  axes = tuple(a % x.ndim for a in reduce_axes)
+  xf = x.astype(jnp.float32)
+  xg = xf.reshape(*x.shape[:-1], groups, per_group)  # [..., G, C/G]
+  stat_axes = axes + (x.ndim,)
+  mean = jnp.mean(xg, axis=stat_axes, keepdims=True)
+  mean_sq = jnp.mean(jnp.square(xg), axis=stat_axes, keepdims=True)
+  inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + epsilon)  # [..1.., G, 1]
+  stat_shape = (*mean.shape[:-2], groups, 1)
+  inv = jnp.broadcast_to(inv, (*stat_shape[:-1], per_group)).reshape(*mean.shape[:-2], c)
+  mean = jnp.broadcast_to(mean, (*stat_shape[:-1], per_group)).reshape(*mean.shape[:-2], c)
+  a = inv * scale.astype(jnp.float32)  # [..1.., C]
+  b = bias.astype(jnp.float32) - mean * a
+  return xf * a + b
 
 
 def sinusoidal_embedding(noise_level: jax.Array, dim: int, scale: float = 1000.0) -> jax.Array:

@@ -133,8 +133,13 @@ def base_config():
   command line (--config.train.num_steps=...) and tuples stay tuples.
   """
   import ml_collections
-  return ml_collections.ConfigDict(
-      {name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()})
+
+  def section(cls):
+    # A None default becomes a typed placeholder, so --config.data.data_dir=DIR can set it.
+    return {k: ml_collections.config_dict.placeholder(str) if v is None else v
+            for k, v in dataclasses.asdict(cls()).items()}
+
+  return ml_collections.ConfigDict({name: section(cls) for name, cls in SECTIONS.items()})
 
 
 def shrink_to_tiny(config) -> None:
@@ -142,7 +147,7 @@ def shrink_to_tiny(config) -> None:
   (classes, conditioning frames, image frames), at a size that trains end to end in a minute or two
   on a CPU (8 frames of 16x16, a 2-level 16-channel U-Net, a few steps)."""
   config.data.update(num_frames=8, resolution=16, frame_stride=1)
-  config.model.update(base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+  config.model.update(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8,
                       attention_resolutions=(8,), image_size=16, head_dim=16, num_heads=0, emb_dim=0,
                       dropout=0.0, dtype="float32", remat="none")
   config.train.update(global_batch_size=8, num_steps=6, log_every=2, sample_every=4,

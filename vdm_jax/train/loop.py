@@ -222,8 +222,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       state, metrics = compiled(state, batch)  # dispatched asynchronously
       step += 1
       pending.append((step, metrics))
-      at_log = step % exp.train.log_every == 0 or step == num_steps or preempt.requested
-      at_ckpt = step % exp.train.checkpoint_every == 0 or step == num_steps or preempt.requested
+      # Read the flag once: a signal landing later in this iteration must not skip the save.
+      stop = preempt.requested
+      at_log = step % exp.train.log_every == 0 or step == num_steps or stop
+      at_ckpt = step % exp.train.checkpoint_every == 0 or step == num_steps or stop
       if at_log or at_ckpt:
         last = _check_finite_and_reduce(pending)
         pending = []
@@ -242,7 +244,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         ckpt.save(step, state, data_state=train_iter.get_state(), manifest={**manifest, "step": step})
       if exp.train.sample_every and step % exp.train.sample_every == 0 and step != num_steps:
         sampler.write(state["ema"], step, writer, workdir)
-      if preempt.requested:
+        tick = time.perf_counter()  # speed metrics measure training, not sampling
+      if stop:
         logging.warning("stopped at step %d on request; run the same command to resume", step)
         break
   if bar is not None:

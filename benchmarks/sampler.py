@@ -1,0 +1,85 @@
+"""Sampling speed: DDIM and ancestral steps/s, frames/s and compile time for named configs.
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /work/venv/bin/python \
+      -m benchmarks.sampler --configs default:tiny --steps 16 --batch 4
+
+One jitted make_sample_fn call runs all `--steps` denoiser evaluations (a fori_loop), so
+steps/s = steps / call time and frames/s = batch * frames * steps/s / steps (frames finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def measure(name: str, sampler: str, args: argparse.Namespace) -> dict[str, Any]:
+  import jax
+  from benchmarks import common
+  from vdm_jax.diffusion import SamplerConfig
+  from vdm_jax.parallel import make_mesh
+  from vdm_jax.parallel.sharding import create_sharded_model
+  from vdm_jax.sampling import make_sample_fn
+  from vdm_jax.train.state import split_params
+  exp = common.load_config(name, args.set)
+  mesh = make_mesh()
+  graphdef, model_state = create_sharded_model(exp.model, mesh, 0)
+  params, rest = split_params(model_state)
+  cfg = SamplerConfig(sampler, args.steps, gamma=0.1 if sampler == "ancestral" else 0.0)
+  fn = make_sample_fn(graphdef, rest, schedule=exp.diffusion.schedule(), sampler_config=cfg,
+                      prediction=exp.model.prediction, num_classes=exp.model.num_classes)
+  batch = common.dummy_batch(exp, args.batch)
+  z = jax.random.normal(jax.random.key(1), batch["video"].shape)
+  cond = _cond(exp, batch)
+  rng = jax.random.key(2)
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(params, rng, z, cond).compile()
+  compile_s = time.perf_counter() - t0
+  times = common.time_calls(lambda: compiled(params, rng, z, cond), args.repeats + 1)[1:]
+  call_s = common.median(times)
+  frames = args.batch * exp.data.num_frames
+  return {"config": name, "sampler": sampler, "batch": args.batch, "frames": exp.data.num_frames,
+          "res": exp.data.resolution, "steps": args.steps, "compile_s": round(compile_s, 1),
+          "call_s": round(call_s, 3), "steps_per_s": round(args.steps / call_s, 2),
+          "frames_per_s": round(frames / call_s, 3), "load": common.load_average()}
+
+
+def _cond(exp: Any, batch: dict) -> dict:
+  from vdm_jax.train.denoiser import frame_condition
+  import jax.numpy as jnp
+  cond = {}
+  if exp.model.num_classes:
+    cond["labels"] = batch["label"]
+  if exp.model.cond_channels:
+    b, t = batch["video"].shape[:2]
+    known = (jnp.arange(t) < max(exp.train.cond_frames, 1))[None] & jnp.ones((b, 1), bool)
+    cond.update(frame_condition(batch["video"], known))
+  return cond
+
+
+def main(argv: list[str]) -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--configs", nargs="+", default=["default:tiny"])
+  p.add_argument("--samplers", nargs="+", default=["ddim", "ancestral"])
+  p.add_argument("--set", nargs="*", default=[])
+  p.add_argument("--steps", type=int, default=16, help="denoiser evaluations per sample")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--repeats", type=int, default=3)
+  args = p.parse_args(argv)
+  os.environ.setdefault("VDM_DATA_DIR", "/tmp/vdm_data")
+  from benchmarks import common
+  rows = [measure(c, s, args) for c in args.configs for s in args.samplers]
+  print(f"load {common.load_average()}; tcmalloc {common.tcmalloc_loaded()}")
+  keys = ["config", "sampler", "batch", "steps", "compile_s", "call_s", "steps_per_s", "frames_per_s"]
+  print(" | ".join(f"{k:>12s}" for k in keys))
+  for r in rows:
+    print(" | ".join(f"{str(r[k]):>12s}" for k in keys))
+  print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

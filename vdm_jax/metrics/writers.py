@@ -65,6 +65,7 @@ class MetricWriter:
       return
     values = {k: _to_float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+    self._jsonl.flush()  # a line per log step, readable while the run goes on
     with self._tb.as_default():
       for name, value in values.items():
         self._tf.summary.scalar(name, value, step=int(step))

@@ -254,7 +254,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     sampler.write(state["ema"], step, writer, workdir)
   ckpt.wait_until_finished()
   ckpt.close()
-  writer.flush()
+  writer.close()
   train_iter.close()
   last["step"] = step
   return last

@@ -36,16 +36,18 @@ def create_train_state(model_config: UNetConfig, tx: optax.GradientTransformatio
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   replicated = NamedSharding(mesh, PartitionSpec())
 
-  @jax.jit
-  def init_rest(params):
-    return {"ema": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params)}
-
+  # Optimizer moments are sharded like their parameters (FSDP shards them too); counters replicate.
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), param_shardings,
+      transform_non_params=lambda _: replicated)
+  init_rest = jax.jit(lambda p: {"ema": jax.tree.map(jnp.copy, p), "opt_state": tx.init(p)},
+                      out_shardings={"ema": param_shardings, "opt_state": opt_shardings})
   extra = init_rest(params)
   state = {
       "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
       "rng": jax.device_put(jax.random.key_data(jax.random.key(seed + 1)), replicated),
       "params": params,
-      "ema": jax.device_put(extra["ema"], param_shardings),
+      "ema": extra["ema"],
       "opt_state": extra["opt_state"],
   }
   return graphdef, rest, state

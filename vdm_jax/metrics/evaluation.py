@@ -98,19 +98,11 @@ def generate_samples(workdir: str, num_samples: int, *, sampler: str = "ddim", n
      checkpoint step, ...). A "ground_truth" array in that dict, if any, is left for the caller.
 
   Raises:
-    ValueError: the sampling module or its generate_from_workdir is not available.
+    FileNotFoundError: the workdir holds no checkpoint (the message says what to pass).
   """
-  try:
-    from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ValueError(f"--workdir needs vdm_jax.sampling.generate_from_workdir, which could not be "
-                     f"imported ({e}). Sample with sample.py and pass --samples PATH instead.") from e
-  generate = getattr(sampling, "generate_from_workdir", None)
-  if generate is None:
-    raise ValueError("vdm_jax.sampling has no generate_from_workdir; sample with sample.py and pass "
-                     "--samples PATH instead.")
-  videos, protocol = generate(workdir, num_samples=num_samples, sampler=sampler, num_steps=num_steps,
-                              seed=seed, use_ema=use_ema, **kwargs)
+  from vdm_jax.sampling import generate_from_workdir  # pylint: disable=g-import-not-at-top
+  videos, protocol = generate_from_workdir(workdir, num_samples=num_samples, sampler=sampler,
+                                           num_steps=num_steps, seed=seed, use_ema=use_ema, **kwargs)
   return video_io.to_uint8(np.asarray(videos)), dict(protocol)
 
 

@@ -5,7 +5,7 @@
 Needs the data prepared once on a machine with network: `tfds build moving_mnist
 --file_format=array_record --data_dir=DIR`, then --config.data.data_dir=DIR (or VDM_DATA_DIR=DIR).
 TFDS has only a `test` split: 90% trains, 10% evaluates. Unconditional, v-prediction, 16x64x64 clips;
-sized for one GPU/TPU host (about 36M parameters). `:tiny` runs the same pipeline on a CPU in minutes.
+sized for one GPU/TPU host (30.6M parameters). `:tiny` runs the same pipeline on a CPU in minutes.
 """
 
 import ml_collections

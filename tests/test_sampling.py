@@ -207,3 +207,15 @@ def test_guidance_weight_zero_equals_the_conditional_model():
   np.testing.assert_allclose(outs["zero_per_frame"], outs["none"], atol=1e-6)
   np.testing.assert_allclose(outs["rising"][:, 0], outs["none"][:, 0], atol=1e-6)  # w = 0 there
   assert float(jnp.abs(outs["rising"][:, 2] - outs["none"][:, 2]).max()) > 1e-3
+
+
+def test_default_output_dirs_differ_when_the_options_do():
+  base = {"checkpoint_step": 1500, "sampler": "ddim", "num_steps": 64, "seed": 0, "guidance_weight": 0.0,
+          "cond_frames": 0, "frame_method": None, "num_frames": 8, "train_num_frames": 8}
+  variants = [base, {**base, "guidance_weight": 1.5}, {**base, "cond_frames": 4, "frame_method": "reconstruction"},
+              {**base, "cond_frames": 4, "frame_method": "replacement"}, {**base, "num_frames": 32},
+              {**base, "seed": 1}, {**base, "sampler": "ancestral"}]
+  names = [os.path.basename(sampling.default_output_dir("w", p)) for p in variants]
+  assert names[0] == "sample_00001500_ddim64_seed0"
+  assert names[1] == "sample_00001500_ddim64_cfg1.5_seed0"
+  assert len(set(names)) == len(names)

@@ -679,10 +679,20 @@ def generate_from_workdir(workdir: str, num_samples: int = 8, *, sampler: str = 
 
 
 def default_output_dir(workdir: str, protocol: dict[str, Any]) -> str:
-  """workdir/samples/sample_<step>_<sampler><steps>_seed<seed>."""
-  name = (f"sample_{protocol['checkpoint_step']:08d}_{protocol['sampler']}{protocol['num_steps']}"
-          f"_seed{protocol['seed']}")
-  return os.path.join(os.path.abspath(workdir), "samples", name)
+  """workdir/samples/sample_<step>_<sampler><steps>[_cfg<w>][_<method><k>][_T<frames>]_seed<seed>.
+
+  The options that change what is drawn are in the name, so runs with other options never
+  overwrite each other's files.
+  """
+  parts = [f"sample_{protocol['checkpoint_step']:08d}", f"{protocol['sampler']}{protocol['num_steps']}"]
+  if protocol.get("guidance_weight"):
+    parts.append(f"cfg{protocol['guidance_weight']:g}")
+  if protocol.get("cond_frames"):
+    parts.append(f"{protocol['frame_method']}{protocol['cond_frames']}")
+  if protocol.get("num_frames", 0) > protocol.get("train_num_frames", 0):
+    parts.append(f"T{protocol['num_frames']}")
+  parts.append(f"seed{protocol['seed']}")
+  return os.path.join(os.path.abspath(workdir), "samples", "_".join(parts))
 
 
 def sample_and_save(workdir: str, output_dir: str | None = None, *, fps: int | None = None,

@@ -219,3 +219,17 @@ def test_default_output_dirs_differ_when_the_options_do():
   assert names[0] == "sample_00001500_ddim64_seed0"
   assert names[1] == "sample_00001500_ddim64_cfg1.5_seed0"
   assert len(set(names)) == len(names)
+
+
+def test_evaluate_from_a_workdir_samples_as_many_frames_as_the_real_clips(workdir, tmp_path):
+  """scripts/evaluate.py --workdir: the model's 4-frame clips are extended to the real 6 frames."""
+  from vdm_jax.data import DataConfig
+  from vdm_jax.metrics import evaluation
+  real = np.random.default_rng(0).uniform(-1, 1, (2, 6, RES, RES, 3)).astype(np.float32)
+  res = evaluation.evaluate(DataConfig(name="fake", num_frames=6, resolution=RES), workdir=workdir,
+                            num_samples=2, num_steps=2, metrics=("colour_drift",),
+                            output=str(tmp_path / "r.json"), real_batches=iter([real]))
+  gen = res["protocol"]["generated"]
+  assert gen["shape"] == [6, RES, RES, 3] and gen["count"] == 2
+  assert gen["num_frames"] == 6 and gen["train_num_frames"] == T and gen["checkpoint_step"] == 2
+  assert np.isfinite(res["metrics"]["colour_drift_generated"])

@@ -326,8 +326,10 @@ def evaluate(data_config: Any, *, samples: str | None = None, workdir: str | Non
   else:
     if not num_samples:
       raise ValueError("--workdir needs --num_samples N (videos to generate).")
+    # As many frames as the real clips: longer than the model's clips means autoregressive extension.
     generated, gen_protocol = generate_samples(workdir, num_samples, sampler=sampler, num_steps=num_steps,
-                                               seed=seed, use_ema=use_ema)
+                                               seed=seed, use_ema=use_ema,
+                                               num_frames=data_config.num_frames)
     ground_truth = gen_protocol.pop("ground_truth", None)
     ground_truth = None if ground_truth is None else video_io.to_uint8(np.asarray(ground_truth))
     protocol["generated"] = {"source": os.path.abspath(workdir), "sampler": sampler, "num_steps": num_steps,

@@ -1,6 +1,6 @@
 r"""Videos/s of the training input pipeline (default DataConfig).
 
-  python benchmarks/input_pipeline.py --batch_size=8 --steps=50
+  python -m benchmarks.input_pipeline --batch_size=8 --steps=50
 
 Prints JSON: videos/s of the iterator alone, and with a competing busy thread
 standing in for the train step (the input must out-run the step's

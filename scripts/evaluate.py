@@ -16,11 +16,17 @@ Real-set FVD statistics are cached per dataset, split and protocol in --cache_di
 """
 
 import json
+import os
+import sys
 
 from absl import app, flags
 
-from vdm_jax.data import DataConfig
-from vdm_jax.metrics import evaluation
+# Runnable as `python scripts/evaluate.py` from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vdm_jax.data import DataConfig  # noqa: E402
+from vdm_jax.metrics import evaluation  # noqa: E402
+from vdm_jax.runtime import setup_runtime  # noqa: E402
 
 _SAMPLES = flags.DEFINE_string("samples", None, ".npz (key 'videos') or folder of generated videos.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to sample from instead of --samples.")
@@ -47,8 +53,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Results JSON path.")
 
 def main(argv):
   del argv
-  import os  # pylint: disable=g-import-not-at-top
-
+  setup_runtime()
   data_config = DataConfig(name=_DATASET.value, data_dir=_DATA_DIR.value, eval_split=_SPLIT.value,
                            num_frames=_FRAMES.value, frame_stride=_STRIDE.value, resolution=_RES.value)
   try:

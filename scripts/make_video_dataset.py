@@ -10,11 +10,17 @@ data). Train with DataConfig(name="folder/mine", data_dir=<same data_dir>).
 """
 
 import json
+import os
+import sys
 
 from absl import app, flags
 
-from vdm_jax.data import DataConfig
-from vdm_jax.data.builders import video_folder
+# Runnable as `python scripts/make_video_dataset.py` from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vdm_jax.data import DataConfig  # noqa: E402
+from vdm_jax.data.builders import video_folder  # noqa: E402
+from vdm_jax.runtime import setup_runtime  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input_dir", None, "Folder of video files.",
                              required=True)
@@ -35,13 +41,19 @@ _TEST = flags.DEFINE_float("test_fraction", 0.0,
 
 def main(argv):
   del argv
+  setup_runtime(tcmalloc=False)
   data_dir = DataConfig(data_dir=_DATA_DIR.value).resolved_data_dir
-  report = video_folder.make_folder_dataset(
-      _INPUT.value, _NAME.value, data_dir, num_frames=_FRAMES.value,
-      resolution=_RES.value, frame_stride=_STRIDE.value, fps=_FPS.value,
-      max_clips_per_video=_MAX_CLIPS.value, test_fraction=_TEST.value)
+  try:
+    report = video_folder.make_folder_dataset(
+        os.path.expanduser(_INPUT.value), _NAME.value, data_dir, num_frames=_FRAMES.value,
+        resolution=_RES.value, frame_stride=_STRIDE.value, fps=_FPS.value,
+        max_clips_per_video=_MAX_CLIPS.value, test_fraction=_TEST.value)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"make_video_dataset.py: {e}") from e
   print(json.dumps({k: report[k] for k in ("num_read", "num_skipped",
                                            "num_clips", "skipped")}, indent=1))
+  print(f"Train on it: python train.py --config configs/default.py --workdir runs/{_NAME.value} "
+        f"--config.data.name=folder/{_NAME.value} --config.data.data_dir={data_dir}")
 
 
 if __name__ == "__main__":

@@ -69,3 +69,24 @@ def test_folder_without_readable_video_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="make_video_dataset"):
     data.dataset_info(data.DataConfig(name="folder/missing",
                                       data_dir=str(tmp_path)))
+
+
+def test_script_from_a_checkout_reports_skips_and_rejects_an_unreadable_folder(video_dir, tmp_path):
+  """`python scripts/make_video_dataset.py` as a user runs it (no PYTHONPATH, any cwd)."""
+  import subprocess
+  import sys
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "scripts", "make_video_dataset.py")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  cmd = [sys.executable, script, f"--input_dir={video_dir}", "--name=cli", f"--data_dir={tmp_path}",
+         "--num_frames=4", "--resolution=16", "--frame_stride=8", "--max_clips_per_video=1"]
+  done = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert '"num_read": 2' in done.stdout and '"num_skipped": 1' in done.stdout
+  assert "--config.data.name=folder/cli" in done.stdout
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "x.mp4").write_bytes(b"not a video")
+  bad = subprocess.run(cmd[:2] + [f"--input_dir={tmp_path / 'bad'}", "--name=bad", f"--data_dir={tmp_path}"],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "make_video_dataset.py: No readable video" in bad.stderr
+  assert "Traceback" not in bad.stderr

@@ -1,6 +1,6 @@
 """Forward+backward time of the U-Net's building blocks in their variants, measured alternately.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /work/venv/bin/python -m benchmarks.ops
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python -m benchmarks.ops
 
 Each case is value_and_grad of sum(f(x)**2) w.r.t. x and the weights at the shapes of the default
 config's first level ([B*T, 32, 32, C]); rounds alternate the cases so load changes hit all alike.

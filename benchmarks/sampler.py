@@ -1,6 +1,6 @@
 """Sampling speed: DDIM and ancestral steps/s, frames/s and compile time for named configs.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /work/venv/bin/python \
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python \
       -m benchmarks.sampler --configs default:tiny --steps 16 --batch 4
 
 One jitted make_sample_fn call runs all `--steps` denoiser evaluations (a fori_loop), so

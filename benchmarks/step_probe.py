@@ -1,6 +1,6 @@
 """Times the train step of one config, for measuring one optimisation at a time.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /work/venv/bin/python \
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python \
       -m benchmarks.step_probe --config default --set data.num_frames=8 --steps 6
 
 Prints compile seconds (wall and process CPU), XLA FLOPs, temp memory, each step's wall and CPU seconds (CPU time of all

@@ -1,6 +1,6 @@
 """Train-step speed and memory of named configs: compile time, step time, videos/s, FLOPs, MFU.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /work/venv/bin/python \
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python \
       -m benchmarks.train_step --configs default default:tiny bair:tiny ucf101:tiny
 
 FLOPs: XLA's cost analysis of the compiled step (counts a loop body once) beside an analytic

@@ -1,6 +1,6 @@
 """vdm_jax against lucidrains' video-diffusion-pytorch 0.7.0 (Unet3D + GaussianDiffusion) on CPU.
 
-    /work/venv/bin/python -m benchmarks.vs_pytorch --torch_dim 16 --jax_set model.base_channels=24
+    python -m benchmarks.vs_pytorch --torch_dim 16 --jax_set model.base_channels=24
 
 Setup (torch stays out of requirements.txt):
     pip install torch==2.13.0

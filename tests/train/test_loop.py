@@ -98,6 +98,11 @@ def test_config_errors_raise_before_compiling(name, tmp_path, train_data_dir, no
     loop.train_and_evaluate(micro_config(train_data_dir, **sections), str(tmp_path))
 
 
+def test_url_workdir_is_refused_before_anything_starts(train_data_dir, no_compile):
+  with pytest.raises(ValueError, match="URLs are not supported"):
+    loop.train_and_evaluate(micro_config(train_data_dir), "gs://bucket/run")
+
+
 def test_unknown_section_raises(tmp_path, train_data_dir, no_compile):
   config = micro_config(train_data_dir)
   config.schedule = {"warmup": 1}

@@ -153,6 +153,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
   Returns the last logged metrics (host floats).
   """
+  if "://" in workdir:
+    raise ValueError(f"--workdir={workdir}: URLs are not supported yet (logs and videos are written "
+                     "with local file I/O); use a local or shared filesystem path, e.g. a bucket "
+                     "mounted with gcsfuse")
   exp = ExperimentConfig.from_config_dict(config)
   info = data.dataset_info(exp.data)
   validate_experiment(exp, info, jax.device_count(), jax.process_count())

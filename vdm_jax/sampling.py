@@ -681,8 +681,8 @@ def generate_from_workdir(workdir: str, num_samples: int = 8, *, sampler: str = 
 def default_output_dir(workdir: str, protocol: dict[str, Any]) -> str:
   """workdir/samples/sample_<step>_<sampler><steps>[_cfg<w>][_<method><k>][_T<frames>]_seed<seed>.
 
-  The options that change what is drawn are in the name, so runs with other options never
-  overwrite each other's files.
+  Sampler, steps, guidance, frame conditioning, length and seed are in the name, so such runs
+  don't overwrite each other; other options (eta, gamma, labels, ...) need --output_dir.
   """
   parts = [f"sample_{protocol['checkpoint_step']:08d}", f"{protocol['sampler']}{protocol['num_steps']}"]
   if protocol.get("guidance_weight"):

@@ -7,8 +7,8 @@ U-Net, v-prediction): writes checkpoints, TensorBoard logs, metrics.jsonl and sa
 (MP4/GIF/PNG) into the workdir; the samples show coloured blobs moving over the black background.
 Temporal attention follows every residual block ("all_levels": frames mix only there, the convs
 being (1,3,3)): 20% slower a step than only at the 8x8 attention level, for a lower loss at every
-step and a quarter less colour flicker (colour drift 3.5x real instead of 4.7x). For 32x32 (slower,
-about 1 s a step): --config.data.resolution=32 --config.model.image_size=32.
+step and a quarter less colour flicker (colour drift 3.5x real instead of 4.7x). For 32x32 (about 4x
+the FLOPs a step): --config.data.resolution=32 --config.model.image_size=32.
 Variant `configs/default.py:tiny` runs the whole pipeline in about a minute (tests use it).
 """
 

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -73,8 +75,6 @@ def test_folder_without_readable_video_is_an_error(tmp_path):
 
 def test_script_from_a_checkout_reports_skips_and_rejects_an_unreadable_folder(video_dir, tmp_path):
   """`python scripts/make_video_dataset.py` as a user runs it (no PYTHONPATH, any cwd)."""
-  import subprocess
-  import sys
   script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                         "scripts", "make_video_dataset.py")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

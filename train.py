@@ -23,7 +23,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   setup_runtime()
-  initialize_from_flags()
+  c = FLAGS.config
+  initialize_from_flags(c.train.global_batch_size // max(c.optim.grad_accum_steps, 1), dict(c.mesh))
   from vdm_jax.train.loop import train_and_evaluate
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -32,6 +32,26 @@ def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
   return ExperimentConfig.from_config_dict(c)
 
 
+def setup_devices(n: int, config_name: str = "", overrides: list[str] | tuple[str, ...] = (),
+                  batch: int = 0) -> int:
+  """Sets the CPU device count before JAX starts its backend; returns it (0: JAX's default).
+
+  n > 0 forces n devices; -1 does what train.py does by default (--cpu_devices=-1): one device per
+  core, fitted to `config_name`'s batch and mesh (or to `batch`), unless XLA_FLAGS already forces a
+  count.
+  """
+  from vdm_jax.parallel.distributed import _want_cpu_devices
+  mesh = None
+  if n == -1 and config_name:
+    exp = load_config(config_name, overrides)
+    batch = exp.train.global_batch_size // max(exp.optim.grad_accum_steps, 1)
+    mesh = {"data": exp.mesh.data, "fsdp": exp.mesh.fsdp, "tensor": exp.mesh.tensor}
+  count = _want_cpu_devices(n, batch, mesh)
+  if count:
+    jax.config.update("jax_num_cpu_devices", count)
+  return count
+
+
 def dummy_batch(exp: Any, batch_size: int | None = None) -> dict[str, jax.Array]:
   """A batch of the config's shapes: video [B, T, H, W, C] in [-1, 1], label [B], image_mask [B, T]."""
   b = batch_size or exp.train.global_batch_size
@@ -90,3 +110,25 @@ def load_average() -> str:
 
 def tcmalloc_loaded() -> bool:
   return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+
+
+def cpu_name() -> str:
+  """The CPU model and core count, e.g. 'Intel(R) Xeon(R) Processor x 2 cores (avx512, amx)'.
+
+  Numbers are only comparable on the same kind of CPU: the developers' machines have been AMD Zen3
+  (AVX2) and Intel Xeon (AVX-512, AMX) on different days, with different matmul peaks.
+  """
+  name, flags = "unknown CPU", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and name == "unknown CPU":
+          name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+          flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  isa = [tag for tag, flag in (("avx2", "avx2"), ("avx512", "avx512f"), ("amx", "amx_tile"))
+         if flag in flags]
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return f"{name} x {cores} cores ({', '.join(isa) or 'no AVX2'})"

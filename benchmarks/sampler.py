@@ -21,7 +21,7 @@ def measure(name: str, sampler: str, args: argparse.Namespace) -> dict[str, Any]
   import jax
   from benchmarks import common
   from vdm_jax.diffusion import SamplerConfig
-  from vdm_jax.parallel import make_mesh
+  from vdm_jax.parallel import batch_sharding, make_mesh
   from vdm_jax.parallel.sharding import create_sharded_model
   from vdm_jax.sampling import make_sample_fn
   from vdm_jax.train.state import split_params
@@ -33,7 +33,8 @@ def measure(name: str, sampler: str, args: argparse.Namespace) -> dict[str, Any]
   fn = make_sample_fn(graphdef, rest, schedule=exp.diffusion.schedule(), sampler_config=cfg,
                       prediction=exp.model.prediction, num_classes=exp.model.num_classes)
   batch = common.dummy_batch(exp, args.batch)
-  z = jax.random.normal(jax.random.key(1), batch["video"].shape)
+  z = jax.device_put(jax.random.normal(jax.random.key(1), batch["video"].shape),
+                     batch_sharding(mesh))  # the batch split over the devices, as sample.py does
   cond = _cond(exp, batch)
   rng = jax.random.key(2)
   t0 = time.perf_counter()
@@ -42,7 +43,8 @@ def measure(name: str, sampler: str, args: argparse.Namespace) -> dict[str, Any]
   times = common.time_calls(lambda: compiled(params, rng, z, cond), args.repeats + 1)[1:]
   call_s = common.median(times)
   frames = args.batch * exp.data.num_frames
-  return {"config": name, "sampler": sampler, "batch": args.batch, "frames": exp.data.num_frames,
+  return {"config": name, "sampler": sampler, "devices": jax.device_count(), "batch": args.batch,
+          "frames": exp.data.num_frames,
           "res": exp.data.resolution, "steps": args.steps, "compile_s": round(compile_s, 1),
           "call_s": round(call_s, 3), "steps_per_s": round(args.steps / call_s, 2),
           "frames_per_s": round(frames / call_s, 3), "load": common.load_average()}
@@ -69,12 +71,15 @@ def main(argv: list[str]) -> None:
   p.add_argument("--steps", type=int, default=16, help="denoiser evaluations per sample")
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--devices", type=int, default=-1,
+                 help="CPU devices: -1 one per core like sample.py, N forces N, 0 JAX's default (1)")
   args = p.parse_args(argv)
   os.environ.setdefault("VDM_DATA_DIR", "/tmp/vdm_data")
   from benchmarks import common
+  common.setup_devices(args.devices, batch=args.batch)
   rows = [measure(c, s, args) for c in args.configs for s in args.samplers]
-  print(f"load {common.load_average()}; tcmalloc {common.tcmalloc_loaded()}")
-  keys = ["config", "sampler", "batch", "steps", "compile_s", "call_s", "steps_per_s", "frames_per_s"]
+  print(f"{common.cpu_name()}; load {common.load_average()}; tcmalloc {common.tcmalloc_loaded()}")
+  keys = ["config", "sampler", "devices", "batch", "steps", "compile_s", "call_s", "steps_per_s", "frames_per_s"]
   print(" | ".join(f"{k:>12s}" for k in keys))
   for r in rows:
     print(" | ".join(f"{str(r[k]):>12s}" for k in keys))

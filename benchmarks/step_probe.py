@@ -1,7 +1,7 @@
 """Times the train step of one config, for measuring one optimisation at a time.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python \
-      -m benchmarks.step_probe --config default --set data.num_frames=8 --steps 6
+      -m benchmarks.step_probe --config default --steps 20 [--devices 1]
 
 Prints compile seconds (wall and process CPU), XLA FLOPs, temp memory, each step's wall and CPU seconds (CPU time of all
 threads is less sensitive to other processes on the cores than wall time), the medians and the load
@@ -23,6 +23,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--config", default="default", help="configs/<name>.py[:variant]")
   p.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--devices", type=int, default=-1,
+                 help="CPU devices: -1 one per core like train.py, N forces N, 0 JAX's default (1)")
   p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
   p.add_argument("--profile", default="", help="directory for a jax.profiler trace")
   p.add_argument("--json", action="store_true")
@@ -56,6 +58,7 @@ def main(argv: list[str]) -> None:
   from benchmarks import common
   from vdm_jax.parallel import make_mesh
   from vdm_jax.train.flops import compiled_flops
+  common.setup_devices(args.devices, args.config, args.set)
   exp = common.load_config(args.config, args.set)
   mesh = make_mesh(exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor)
   step, state, _ = common.build_step(exp, mesh, args.flatten_optimizer)
@@ -78,7 +81,8 @@ def main(argv: list[str]) -> None:
   if args.profile:
     print_op_table(args.profile)
   mem = compiled.memory_analysis()
-  out = {"config": args.config, "set": args.set, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  out = {"config": args.config, "set": args.set, "cpu": common.cpu_name(), "devices": jax.device_count(),
+         "mesh": dict(mesh.shape), "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "tcmalloc": common.tcmalloc_loaded(), "flatten_optimizer": args.flatten_optimizer, "compile_s": round(compile_s, 1),
          "compile_cpu_s": round(compile_cpu, 1),
          "gflop": round(compiled_flops(compiled) / 1e9, 2),

@@ -27,7 +27,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--configs", nargs="+", default=["default", "default:tiny"])
   p.add_argument("--set", nargs="*", default=[], help="section.key=value overrides for every config")
-  p.add_argument("--devices", type=int, default=0, help="forced CPU device count (0 = leave)")
+  p.add_argument("--devices", type=int, default=-1,
+                 help="CPU devices: -1 one per core like train.py (fitted to the first config), "
+                      "N forces N, 0 JAX's default (1)")
   p.add_argument("--mesh", default="", help="data,fsdp,tensor (default: the config's mesh)")
   p.add_argument("--dtype", default="", help="model compute dtype override (float32, bfloat16)")
   p.add_argument("--remat", default="", help="model remat override (none, block)")
@@ -38,12 +40,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--memory_limit_gb", type=float, default=0.0)
   p.add_argument("--json", default="", help="also write the rows to this file")
   return p.parse_args(argv)
-
-
-def setup_devices(n: int) -> None:
-  if n:
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -162,11 +158,11 @@ def print_table(rows: list[dict[str, Any]], keys: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
   args = parse(argv)
-  setup_devices(args.devices)
   os.environ.setdefault("VDM_DATA_DIR", "/tmp/vdm_data")
   from benchmarks import common
   from vdm_jax.train.flops import peak_flops_per_second
   over = overrides(args)
+  common.setup_devices(args.devices, args.configs[0], over)
   if args.fsdp_sweep:
     rows = [r for name in args.configs
             for r in fsdp_sweep(name, over, [int(n) for n in args.fsdp_sweep.split(",")])]
@@ -177,7 +173,9 @@ def main(argv: list[str]) -> None:
     rows = [measure(name, over, args, peak) for name in args.configs]
     keys = ["config", "params", "compile_s", "step_s", "videos_per_s", "xla_gflop", "matmul_gflop",
             "achieved_gflops", "mfu_pct", "state_gb_per_device", "temp_gb", "peak_gb"]
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; load {common.load_average()}; "
+    import jax
+    print(f"{common.cpu_name()}; matmul peak {peak / 1e9:.1f} GFLOP/s; {jax.device_count()} devices; "
+          f"load {common.load_average()}; "
           f"tcmalloc {common.tcmalloc_loaded()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print_table(rows, keys + (["preflight"] if args.preflight else []))
   print(json.dumps(rows))

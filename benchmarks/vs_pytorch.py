@@ -69,10 +69,11 @@ def jax_worker(args: argparse.Namespace):
   from vdm_jax.train.state import count_params
   over = [f"data.num_frames={args.frames}", f"data.resolution={args.res}", f"model.image_size={args.res}",
           f"train.global_batch_size={args.batch}"] + list(args.jax_set)
+  common.setup_devices(args.jax_devices, args.jax_config, over)
   exp = common.load_config(args.jax_config, over)
   mesh = make_mesh()
   step, state, graphdef = common.build_step(exp, mesh)
-  batch = common.dummy_batch(exp)
+  batch = common.shard_batch(common.dummy_batch(exp), mesh)
   compiled = step.lower(state, batch).compile()
   holder = {"state": state}
 
@@ -88,7 +89,7 @@ def jax_worker(args: argparse.Namespace):
   def denoise_fn(params, z, logsnr):
     return make_denoise_fn(graphdef, params, rest)(z, logsnr, {})
 
-  logsnr = jax.numpy.zeros((args.batch,))
+  logsnr = common.shard_batch({"l": jax.numpy.zeros((args.batch,))}, mesh)["l"]
   jax.block_until_ready(denoise_fn(holder["state"]["params"], batch["video"], logsnr))
 
   def denoise():
@@ -145,6 +146,9 @@ def main(argv: list[str]) -> None:
   p.add_argument("--dim_mults", type=int, nargs="+", default=[1, 2, 2])
   p.add_argument("--jax_config", default="default")
   p.add_argument("--jax_set", nargs="*", default=[])
+  p.add_argument("--jax_devices", type=int, default=-1,
+                 help="JAX CPU devices: -1 one per core as train.py runs (torch uses every core "
+                      "through its intra-op threads), 1 the whole batch on one device")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--per_round", type=int, default=2)
   args = p.parse_args(argv)
@@ -167,7 +171,7 @@ def main(argv: list[str]) -> None:
          "median_s": {f"{w}_{what}": round(v, 4) for (w, what), v in med.items()},
          "train_speedup_jax": round(med[("torch", "train")] / med[("jax", "train")], 2),
          "denoise_speedup_jax": round(med[("torch", "denoise")] / med[("jax", "denoise")], 2),
-         "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+         "jax_devices": args.jax_devices, "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
   print(json.dumps(out, indent=1))
 
 

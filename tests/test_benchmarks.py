@@ -50,3 +50,11 @@ def test_gradient_of_dense_is_three_matmuls():
   x, w = jnp.ones((8, 4)), jnp.ones((4, 6))
   loss = lambda w: jnp.sum(x @ w)
   assert jaxpr_matmul_flops(jax.make_jaxpr(jax.grad(loss))(w)) == 2 * (2 * 8 * 4 * 6)
+
+
+def test_compiled_flops_count_every_device(devices):
+  # XLA's cost analysis is of the per-device program; the count must be the whole call's.
+  from jax.sharding import NamedSharding, PartitionSpec
+  mesh = jax.make_mesh((len(devices),), ("data",))
+  x = jax.device_put(jnp.ones((len(devices) * 4, 16, 16)), NamedSharding(mesh, PartitionSpec("data")))
+  assert _xla_flops(lambda x: x @ x, x) == pytest.approx(2 * len(devices) * 4 * 16**3, rel=1e-6)

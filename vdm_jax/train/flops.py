@@ -12,8 +12,10 @@ import jax.numpy as jnp
 
 
 def compiled_flops(compiled) -> float:
-  """FLOPs of one call by XLA's cost analysis (0.0 if unavailable).
+  """FLOPs of one call over all its devices, by XLA's cost analysis (0.0 if unavailable).
 
+  XLA analyses the partitioned per-device program, so its count is multiplied by the number of
+  devices the call runs on (`compiled_num_devices`).
   Note: XLA counts a loop body once, so scanned or chunked code (gradient accumulation, chunked
   attention) under-reports; benchmarks/train_step.py checks it against an analytic count.
   """
@@ -23,7 +25,14 @@ def compiled_flops(compiled) -> float:
     return 0.0
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
+  return float((cost or {}).get("flops", 0.0)) * compiled_num_devices(compiled)
+
+
+def compiled_num_devices(compiled) -> int:
+  """The number of devices a compiled jitted call runs on (the widest of its input shardings)."""
+  shardings = jax.tree.leaves(compiled.input_shardings,
+                              is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+  return max((s.num_devices for s in shardings if isinstance(s, jax.sharding.Sharding)), default=1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vdm_jax.data import DataConfig  # noqa: E402
 from vdm_jax.metrics import evaluation  # noqa: E402
+from vdm_jax.parallel.distributed import initialize  # noqa: E402
 from vdm_jax.runtime import setup_runtime  # noqa: E402
 
 _SAMPLES = flags.DEFINE_string("samples", None, ".npz (key 'videos') or folder of generated videos.")
@@ -54,6 +55,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Results JSON path.")
 def main(argv):
   del argv
   setup_runtime()
+  initialize(cpu_devices=-1)  # --workdir sampling: one CPU device per core, as sample.py does
   data_config = DataConfig(name=_DATASET.value, data_dir=_DATA_DIR.value, eval_split=_SPLIT.value,
                            num_frames=_FRAMES.value, frame_stride=_STRIDE.value, resolution=_RES.value)
   try:

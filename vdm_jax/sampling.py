@@ -501,7 +501,15 @@ class _BlockSampler:
     if opts.guidance_weight_end is not None:
       w = diffusion.frame_guidance_weights(opts.guidance_weight, opts.guidance_weight_end,
                                            p.train_frames)
-    fn = make_chunk_fn(model.graphdef, model.rest, schedule=exp.diffusion.schedule(exp.data.resolution),
+    graphdef, rest = model.graphdef, model.rest
+    if p.frame_method == "reconstruction" and exp.model.conv_impl == "lax" and (
+        jax.default_backend() == "cpu"):
+      # Reconstruction guidance differentiates the U-Net w.r.t. its input; XLA CPU runs that
+      # gradient of lax.conv 2.6x slower than im2col's (benchmarks/RESULTS.md). Same kernels, same
+      # parameter tree: only the graph's conv implementation changes.
+      graphdef, _, rest = abstract_model(dataclasses.replace(exp.model, conv_impl="im2col"),
+                                         model.mesh, exp.train.seed)
+    fn = make_chunk_fn(graphdef, rest, schedule=exp.diffusion.schedule(exp.data.resolution),
                        sampler_config=p.sampler_config, prediction=exp.diffusion.prediction,
                        num_classes=exp.model.num_classes, guidance_weight=w,
                        frame_method=None if p.frame_method == "model" else p.frame_method,

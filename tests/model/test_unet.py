@@ -261,3 +261,30 @@ def test_config_from_lists():
   cfg = UNetConfig(**{"channel_mult": [1, 2], "attention_resolutions": [8], "image_size": 16,
                       "base_channels": 16, "head_dim": 8})
   assert cfg.channel_mult == (1, 2) and hash(cfg)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_impls_agree_in_value_and_input_gradient(stride):
+  # Sampling swaps lax.conv for im2col under reconstruction guidance (the same kernels): both
+  # must compute the same conv and the same gradient w.r.t. the input.
+  from vdm_jax.model.layers import Conv2D
+  lax_conv = Conv2D(5, 7, rngs=nnx.Rngs(0), stride=stride, conv_impl="lax")
+  im2col = Conv2D(5, 7, rngs=nnx.Rngs(0), stride=stride, conv_impl="im2col")
+  im2col.kernel[...] = lax_conv.kernel[...]
+  im2col.bias[...] = jnp.linspace(-1, 1, 7)
+  lax_conv.bias[...] = jnp.linspace(-1, 1, 7)
+  x = jax.random.normal(jax.random.key(1), (3, 9, 9, 5))
+  w = jax.random.normal(jax.random.key(2), lax_conv(x).shape)
+  loss = lambda conv, x: jnp.sum(conv(x) * w)
+  np.testing.assert_allclose(im2col(x), lax_conv(x), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(loss, argnums=1)(im2col, x),
+                             jax.grad(loss, argnums=1)(lax_conv, x), atol=1e-5, rtol=1e-5)
+
+
+def test_unet_is_the_same_function_under_either_conv_impl():
+  a = make_model(TINY)
+  graphdef_b, _ = nnx.split(nnx.eval_shape(
+      lambda: UNet(dataclasses.replace(TINY, conv_impl="im2col"), rngs=nnx.Rngs(0))))
+  b = nnx.merge(graphdef_b, nnx.state(a))  # the same parameter tree, the other implementation
+  z, t = inputs()
+  np.testing.assert_allclose(b(z, t), a(z, t), atol=1e-4, rtol=1e-4)

@@ -46,7 +46,8 @@ class UNetConfig:
     remat: "none" or "block" (rematerialise every residual/attention block).
     temporal_downsample: levels whose downsample also halves T (Lumiere-style).
     norm_groups: GroupNorm groups (gcd with the channel count is used).
-    conv_impl: "lax" (lax.conv) or "im2col" (one matmul; faster on XLA CPU).
+    conv_impl: "lax" (lax.conv) or "im2col" (one matmul of gathered windows). On XLA CPU lax is as
+      fast on one device and 1.5x faster with one device per core (benchmarks/RESULTS.md).
     attention_chunk_size: query chunk of spatial attention (0 = no chunking).
     prediction: what the output is ("v", "eps" or "x"); informational for callers.
   """

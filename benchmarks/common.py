@@ -40,13 +40,13 @@ def setup_devices(n: int, config_name: str = "", overrides: list[str] | tuple[st
   core, fitted to `config_name`'s batch and mesh (or to `batch`), unless XLA_FLAGS already forces a
   count.
   """
-  from vdm_jax.parallel.distributed import _want_cpu_devices
+  from vdm_jax.parallel.distributed import resolve_cpu_devices
   mesh = None
   if n == -1 and config_name:
     exp = load_config(config_name, overrides)
     batch = exp.train.global_batch_size // max(exp.optim.grad_accum_steps, 1)
     mesh = {"data": exp.mesh.data, "fsdp": exp.mesh.fsdp, "tensor": exp.mesh.tensor}
-  count = _want_cpu_devices(n, batch, mesh)
+  count = resolve_cpu_devices(n, batch, mesh)
   if count:
     jax.config.update("jax_num_cpu_devices", count)
   return count
@@ -130,5 +130,5 @@ def cpu_name() -> str:
     pass
   isa = [tag for tag, flag in (("avx2", "avx2"), ("avx512", "avx512f"), ("amx", "amx_tile"))
          if flag in flags]
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{name} x {cores} cores ({', '.join(isa) or 'no AVX2'})"
+  from vdm_jax.parallel.distributed import cpu_cores
+  return f"{name} x {cpu_cores()} cores ({', '.join(isa) or 'no AVX2'})"

@@ -23,17 +23,17 @@ def test_cpu_devices_per_core(batch, mesh, cores, expected):
 
 def test_explicit_counts_and_user_flags_win(monkeypatch):
   monkeypatch.setattr(distributed, "_accelerator_expected", lambda: False)
-  monkeypatch.setattr(distributed, "_cpu_cores", lambda: 2)
+  monkeypatch.setattr(distributed, "cpu_cores", lambda: 2)
   monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
   monkeypatch.setenv("XLA_FLAGS", "")
-  assert distributed._want_cpu_devices(-1, 8, None) == 2
-  assert distributed._want_cpu_devices(3, 8, None) == 3   # --cpu_devices=3
-  assert distributed._want_cpu_devices(0, 8, None) == 0   # JAX's default
+  assert distributed.resolve_cpu_devices(-1, 8, None) == 2
+  assert distributed.resolve_cpu_devices(3, 8, None) == 3   # --cpu_devices=3
+  assert distributed.resolve_cpu_devices(0, 8, None) == 0   # JAX's default
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-  assert distributed._want_cpu_devices(-1, 8, None) == 0  # the user's XLA_FLAGS stand
+  assert distributed.resolve_cpu_devices(-1, 8, None) == 0  # the user's XLA_FLAGS stand
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setattr(distributed, "_accelerator_expected", lambda: True)
-  assert distributed._want_cpu_devices(-1, 8, None) == 0  # GPU/TPU runs leave the CPU client
+  assert distributed.resolve_cpu_devices(-1, 8, None) == 0  # GPU/TPU runs leave the CPU client
 
 
 def test_accelerator_expected_follows_jax_platforms(monkeypatch):

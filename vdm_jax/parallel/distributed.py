@@ -31,7 +31,8 @@ _CPU_DEVICES = flags.DEFINE_integer(
 DISTRIBUTED_FLAGS = (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _DISTRIBUTED, _CPU_DEVICES)
 
 
-def _cpu_cores() -> int:
+def cpu_cores() -> int:
+  """The cores this process may run on (its affinity mask), else the machine's count."""
   try:
     return len(os.sched_getaffinity(0))
   except (AttributeError, OSError):
@@ -65,7 +66,7 @@ def cpu_devices_per_core(batch_size: int = 0, mesh: dict | None = None,
   the count is their product; otherwise the largest n <= cores that the fixed sizes divide and
   over whose batch axes (data x fsdp) the per-process `batch_size` divides (0: no batch check).
   """
-  cores = cores or _cpu_cores()
+  cores = cores or cpu_cores()
   mesh = dict(mesh or {"data": -1, "fsdp": 1, "tensor": 1})
   fixed = 1
   for v in mesh.values():
@@ -82,7 +83,7 @@ def cpu_devices_per_core(batch_size: int = 0, mesh: dict | None = None,
   return fixed
 
 
-def _want_cpu_devices(requested: int, batch_size: int, mesh: dict | None) -> int:
+def resolve_cpu_devices(requested: int, batch_size: int, mesh: dict | None) -> int:
   """The jax_num_cpu_devices to set (0: leave JAX's default) for --cpu_devices=requested."""
   if requested >= 0:
     return requested
@@ -101,7 +102,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   XLA_FLAGS or JAX_NUM_CPU_DEVICES already say), fitted to the config's `mesh` and per-process
   `batch_size` (cpu_devices_per_core); 0 leaves JAX's default.
   """
-  n_cpu = _want_cpu_devices(cpu_devices, batch_size, mesh)
+  n_cpu = resolve_cpu_devices(cpu_devices, batch_size, mesh)
   if n_cpu:
     jax.config.update("jax_num_cpu_devices", n_cpu)
   if coordinator_address:

@@ -2,6 +2,7 @@
 
     python sample.py --workdir runs/default [--step N] [--num_samples 16] [--sampler ddim --num_steps 64]
 
+Sampler flags left unset take the run config's `sample` section (what training sampled with).
 The model is rebuilt from the checkpoint's manifest (no --config needed) and the EMA parameters
 (--noema: the raw ones) are restored onto the devices present, the batch sharded over them.
 Examples:
@@ -13,8 +14,11 @@ Writes MP4 and GIF per sample, grids, a strip PNG, sample.npz (uint8 [N, T, H, W
 protocol.json into --output_dir (default WORKDIR/samples/sample_<step>_<sampler><steps>_seed<seed>).
 """
 
+import dataclasses
+
 from absl import app, flags
 
+from vdm_jax.diffusion.samplers import SAMPLERS, SamplerConfig
 from vdm_jax.parallel.distributed import DISTRIBUTED_FLAGS, initialize_from_flags  # noqa: F401
 from vdm_jax.runtime import setup_runtime
 
@@ -26,14 +30,22 @@ flags.DEFINE_bool("ema", True, "Sample with the EMA parameters (--noema: the raw
 flags.DEFINE_integer("num_samples", 8, "Videos to generate.")
 flags.DEFINE_integer("batch_size", None, "Videos per compiled call; default all at once.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_enum("sampler", "ddim", ["ddim", "ancestral"], "Sampler.")
-flags.DEFINE_integer("num_steps", None, "Sampler steps; default the config's sample.num_steps.")
-flags.DEFINE_float("eta", 0.0, "DDIM stochasticity in [0, 1].")
-flags.DEFINE_float("gamma", 0.0, "Ancestral variance interpolation in [0, 1] (VDM: 0.1 UCF).")
-flags.DEFINE_integer("corrector_steps", 0, "Langevin corrector steps after each step.")
-flags.DEFINE_float("corrector_delta", 0.1, "Langevin corrector step size.")
-flags.DEFINE_bool("clip_x", True, "Clip the predicted x to [-1, 1] at every step.")
-flags.DEFINE_float("guidance_weight", 0.0, "Classifier-free guidance weight w (conditional models).")
+# The sampler flags (--sampler, --num_steps, --eta, --gamma, --clip_x, --corrector_steps,
+# --corrector_delta) come from diffusion.SamplerConfig's fields; unset ones keep the run config's
+# sample section.
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+
+
+def _sampler_flag(field: dataclasses.Field) -> flags.FlagHolder:
+  help_text = field.metadata.get("help", field.name) + " Default: the run config's sample section."
+  if field.name == "sampler":
+    return flags.DEFINE_enum("sampler", None, list(SAMPLERS), help_text)
+  return _DEFINE[type(field.default)](field.name, None, help_text)
+
+
+SAMPLER_FLAGS = {f.name: _sampler_flag(f) for f in dataclasses.fields(SamplerConfig)}
+flags.DEFINE_float("guidance_weight", None, "Classifier-free guidance weight w (conditional models); "
+                   "default the config's sample.guidance_weight.")
 flags.DEFINE_float("guidance_weight_end", None, "If set, w rises linearly over the frames to this.")
 flags.DEFINE_list("labels", None, "Class labels, one for all or one per sample.")
 flags.DEFINE_integer("cond_frames", None, "Known leading frames k; default the model's train.cond_frames.")
@@ -47,25 +59,24 @@ flags.DEFINE_integer("overlap", None, "Frames of the previous block each extensi
 flags.DEFINE_integer("progress_chunks", 8, "Jitted chunks of the step loop (a log line after each).")
 flags.DEFINE_integer("fps", None, "Frames per second of the video files; default the config's.")
 flags.mark_flags_as_required(["workdir"])
+# Flags passed through as generation.GenerateOptions fields of the same name.
+_OPTION_FLAGS = ("num_samples", "batch_size", "seed", "guidance_weight", "guidance_weight_end",
+                 "labels", "cond_frames", "cond_video", "cond_split", "frame_method",
+                 "reconstruction_weight", "num_frames", "overlap", "progress_chunks")
 
 
 def main(argv):
   del argv
   setup_runtime()
   initialize_from_flags()
-  from vdm_jax.sampling import sample_and_save
+  from vdm_jax.generation import sample_and_save
+  options = {name: flag.value for name, flag in SAMPLER_FLAGS.items()}
+  options.update({name: getattr(FLAGS, name) for name in _OPTION_FLAGS})
+  if options["labels"] is not None:
+    options["labels"] = [int(label) for label in options["labels"]]
   try:
-    output_dir, _ = sample_and_save(
-        FLAGS.workdir, FLAGS.output_dir, fps=FLAGS.fps, step=FLAGS.step, use_ema=FLAGS.ema,
-        num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-        sampler=FLAGS.sampler, num_steps=FLAGS.num_steps, eta=FLAGS.eta, gamma=FLAGS.gamma,
-        corrector_steps=FLAGS.corrector_steps, corrector_delta=FLAGS.corrector_delta,
-        clip_x=FLAGS.clip_x, guidance_weight=FLAGS.guidance_weight,
-        guidance_weight_end=FLAGS.guidance_weight_end,
-        labels=None if FLAGS.labels is None else [int(l) for l in FLAGS.labels],
-        cond_frames=FLAGS.cond_frames, cond_video=FLAGS.cond_video, cond_split=FLAGS.cond_split,
-        frame_method=FLAGS.frame_method, reconstruction_weight=FLAGS.reconstruction_weight,
-        num_frames=FLAGS.num_frames, overlap=FLAGS.overlap, progress_chunks=FLAGS.progress_chunks)
+    output_dir, _ = sample_and_save(FLAGS.workdir, FLAGS.output_dir, fps=FLAGS.fps, step=FLAGS.step,
+                                    use_ema=FLAGS.ema, **options)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"sample.py: {e}") from e
   print(f"Samples: {output_dir}")

@@ -10,7 +10,8 @@ import importlib
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
   """'default', 'default:tiny', 'bair:tiny' ... -> ExperimentConfig, with 'section.key=value' overrides."""
-  from vdm_jax.train.config import ExperimentConfig
+  from vdm_jax.config import ExperimentConfig
   module, _, variant = name.partition(":")
   c = importlib.import_module(f"configs.{module}").get_config(variant)
   for kv in overrides:

@@ -17,6 +17,7 @@ import time
 def conv_cases(n: int, hw: int, cin: int, cout: int):
   import jax
   import jax.numpy as jnp
+
   from vdm_jax.model.layers import _im2col_conv
   x = jax.random.normal(jax.random.key(0), (n, hw, hw, cin))
   k = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.1

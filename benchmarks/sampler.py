@@ -19,15 +19,15 @@ from typing import Any
 
 def measure(name: str, sampler: str, args: argparse.Namespace) -> dict[str, Any]:
   import jax
+
   from benchmarks import common
   from vdm_jax.diffusion import SamplerConfig
+  from vdm_jax.model import create_model, split_params
   from vdm_jax.parallel import batch_sharding, make_mesh
-  from vdm_jax.parallel.sharding import create_sharded_model
   from vdm_jax.sampling import make_sample_fn
-  from vdm_jax.train.state import split_params
   exp = common.load_config(name, args.set)
   mesh = make_mesh()
-  graphdef, model_state = create_sharded_model(exp.model, mesh, 0)
+  graphdef, model_state = create_model(exp.model, mesh, 0)
   params, rest = split_params(model_state)
   cfg = SamplerConfig(sampler, args.steps, gamma=0.1 if sampler == "ancestral" else 0.0)
   fn = make_sample_fn(graphdef, rest, schedule=exp.diffusion.schedule(), sampler_config=cfg,
@@ -51,8 +51,9 @@ def measure(name: str, sampler: str, args: argparse.Namespace) -> dict[str, Any]
 
 
 def _cond(exp: Any, batch: dict) -> dict:
-  from vdm_jax.train.denoiser import frame_condition
   import jax.numpy as jnp
+
+  from vdm_jax.denoiser import frame_condition
   cond = {}
   if exp.model.num_classes:
     cond["labels"] = batch["label"]

@@ -36,6 +36,7 @@ def print_op_table(trace_dir: str, top: int = 25) -> None:
   """Sums the durations of the CPU trace events (XLA thunks/fusions) by name; prints the top."""
   import collections
   import glob
+
   from jax._src.lib import _profile_data
   path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
   data = _profile_data.ProfileData.from_file(path)
@@ -55,6 +56,7 @@ def main(argv: list[str]) -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   os.environ.setdefault("VDM_DATA_DIR", "/tmp/vdm_data")
   import jax
+
   from benchmarks import common
   from vdm_jax.parallel import make_mesh
   from vdm_jax.train.flops import compiled_flops

@@ -78,11 +78,10 @@ def memory_row(compiled: Any) -> dict[str, float]:
 
 
 def measure(name: str, over: list[str], args: argparse.Namespace, peak: float) -> dict[str, Any]:
-  import jax
   from benchmarks import common
+  from vdm_jax.model import count_params
   from vdm_jax.parallel import make_mesh
   from vdm_jax.train.flops import compiled_flops, matmul_flops
-  from vdm_jax.train.state import count_params
   exp = common.load_config(name, over)
   mesh = make_mesh(exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor)
   step, state, _ = common.build_step(exp, mesh)
@@ -130,6 +129,7 @@ def preflight(row: dict[str, Any], limit_gb: float) -> str:
 def fsdp_sweep(name: str, over: list[str], sizes: list[int]) -> list[dict[str, Any]]:
   """Per-device train-state bytes for fsdp = N (data takes the remaining devices); no compile."""
   import jax
+
   from benchmarks import common
   from vdm_jax.parallel import make_mesh
   from vdm_jax.train.optimizer import make_optimizer

@@ -62,11 +62,12 @@ def _stub_torchvision() -> None:
 def jax_worker(args: argparse.Namespace):
   os.environ.setdefault("VDM_DATA_DIR", "/tmp/vdm_data")
   import jax
+
   from benchmarks import common
+  from vdm_jax.denoiser import make_denoise_fn
   from vdm_jax.diffusion import noise_level_from_logsnr  # noqa: F401  (import check)
+  from vdm_jax.model import count_params
   from vdm_jax.parallel import make_mesh
-  from vdm_jax.train.denoiser import make_denoise_fn
-  from vdm_jax.train.state import count_params
   over = [f"data.num_frames={args.frames}", f"data.resolution={args.res}", f"model.image_size={args.res}",
           f"train.global_batch_size={args.batch}"] + list(args.jax_set)
   common.setup_devices(args.jax_devices, args.jax_config, over)
@@ -81,8 +82,8 @@ def jax_worker(args: argparse.Namespace):
     holder["state"], metrics = compiled(holder["state"], batch)
     jax.block_until_ready(metrics)
 
+  from vdm_jax.model import split_params  # noqa: F401
   from vdm_jax.train.step import make_train_step  # noqa: F401
-  from vdm_jax.train.state import split_params  # noqa: F401
   rest = _rest(exp, mesh)
 
   @jax.jit
@@ -99,9 +100,8 @@ def jax_worker(args: argparse.Namespace):
 
 
 def _rest(exp, mesh):
-  from vdm_jax.parallel.sharding import create_sharded_model
-  from vdm_jax.train.state import split_params
-  _, model_state = create_sharded_model(exp.model, mesh, 0)
+  from vdm_jax.model import create_model, split_params
+  _, model_state = create_model(exp.model, mesh, 0)
   return split_params(model_state)[1]
 
 

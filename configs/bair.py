@@ -12,7 +12,7 @@ TPU-pod job. `:tiny` keeps the frame-conditioned pipeline at CPU size (tests use
 
 import ml_collections
 
-from vdm_jax.train.config import base_config, shrink_to_tiny
+from vdm_jax.config import base_config, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ Variant `configs/default.py:tiny` runs the whole pipeline in about a minute (tes
 
 import ml_collections
 
-from vdm_jax.train.config import base_config, shrink_to_tiny
+from vdm_jax.config import base_config, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

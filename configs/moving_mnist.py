@@ -10,7 +10,7 @@ sized for one GPU/TPU host (30.6M parameters). `:tiny` runs the same pipeline on
 
 import ml_collections
 
-from vdm_jax.train.config import base_config, shrink_to_tiny
+from vdm_jax.config import base_config, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

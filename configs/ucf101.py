@@ -13,7 +13,7 @@ class-conditional pipeline at CPU size.
 
 import ml_collections
 
-from vdm_jax.train.config import base_config, shrink_to_tiny
+from vdm_jax.config import base_config, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -3,7 +3,7 @@ r"""Evaluates generated videos against a dataset split; every number is written 
   # Samples already on disk (.npz with key "videos", or a folder of mp4/gif):
   python scripts/evaluate.py --samples=out/samples.npz --dataset=bair_robot_pushing_small \
       --num_frames=16 --resolution=64 --metrics=fvd,colour_drift
-  # Sample a trained model first (vdm_jax.sampling.generate_from_workdir), sharded over the devices:
+  # Sample a trained model first (vdm_jax.generation.generate_from_workdir), sharded over the devices:
   python scripts/evaluate.py --workdir=runs/bair --dataset=bair_robot_pushing_small \
       --num_samples=256 --sampler=ddim --num_steps=128
   # Frame prediction (BAIR 1 -> 15), best of 4 samples per video, against the split's first videos:
@@ -24,8 +24,8 @@ from absl import app, flags
 # Runnable as `python scripts/evaluate.py` from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vdm_jax import evaluation  # noqa: E402
 from vdm_jax.data import DataConfig  # noqa: E402
-from vdm_jax.metrics import evaluation  # noqa: E402
 from vdm_jax.parallel.distributed import initialize  # noqa: E402
 from vdm_jax.runtime import setup_runtime  # noqa: E402
 

@@ -7,8 +7,8 @@ import importlib
 
 import pytest
 
+from vdm_jax.config import ExperimentConfig
 from vdm_jax.model import count_params, vdm_bair_config, vdm_ucf101_config
-from vdm_jax.train.config import ExperimentConfig
 
 # Exact counts; the README's config table rounds them.
 PARAMS = {

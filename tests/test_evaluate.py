@@ -1,4 +1,4 @@
-"""scripts/evaluate.py and vdm_jax.metrics.evaluation: the comparison on arrays, the results JSON and its
+"""scripts/evaluate.py and vdm_jax.evaluation: the comparison on arrays, the results JSON and its
 protocol, the real dataset path through the script, FVD with the stats cache, clear errors."""
 
 import json
@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from vdm_jax import evaluation
 from vdm_jax.data import DataConfig
-from vdm_jax.metrics import evaluation, fvd, frame_metrics
+from vdm_jax.metrics import frame_metrics, fvd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import configs.default
-from vdm_jax import checkpoints, data, sampling
+from vdm_jax import checkpoints, data, generation
+from vdm_jax.config import ExperimentConfig
+from vdm_jax.model import count_params
 from vdm_jax.parallel import make_mesh
-from vdm_jax.train.config import ExperimentConfig
 from vdm_jax.train.optimizer import make_optimizer
-from vdm_jax.train.state import count_params, create_train_state
-from vdm_jax.versions import library_versions
+from vdm_jax.train.state import create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, RES = 4, 8
@@ -34,11 +34,10 @@ def write_checkpoint(workdir: str, data_dir: str, step: int = 5, **model: int) -
   exp = ExperimentConfig.from_config_dict(c)
   mesh = make_mesh(**dataclasses.asdict(exp.mesh))
   _, _, state = create_train_state(exp.model, make_optimizer(exp.optim, 10), mesh, exp.train.seed)
-  manifest = {"config": exp.to_dict(), "versions": library_versions(),
-              "mesh": {k: int(v) for k, v in mesh.shape.items()},
-              "dataset": dataclasses.asdict(data.dataset_info(exp.data)),
-              "num_params": count_params(state["params"]), "step": step}
-  with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+  manifest = checkpoints.make_manifest(exp, mesh, dataclasses.asdict(data.dataset_info(exp.data)),
+                                       count_params(state["params"]))
+  manifest["step"] = step
+  with checkpoints.Checkpointer(checkpoints.checkpoint_dir(workdir, create=True)) as ckpt:
     ckpt.save(step, state, data_state={}, manifest=manifest)
   return exp
 
@@ -93,11 +92,11 @@ def test_frame_conditioned_model_keeps_known_frames_and_gives_ground_truth(tmp_p
   """Channels-conditioned model (as evaluate.py calls it): known frames from the eval split."""
   workdir = str(tmp_path / "run")
   write_checkpoint(workdir, data_dir, cond_channels=3, cond_frames=2)
-  videos, protocol = sampling.generate_from_workdir(workdir, num_samples=2, num_steps=2,
+  videos, protocol = generation.generate_from_workdir(workdir, num_samples=2, num_steps=2,
                                                     guidance_weight=1.0)
   truth = protocol["ground_truth"]
   assert videos.shape == truth.shape == (2, T, RES, RES, 3)
   np.testing.assert_array_equal(videos[:, :2], truth[:, :2])
   assert protocol["frame_method"] == "model" and protocol["cond_frames"] == 2
   with pytest.raises(ValueError, match="must exceed cond_frames"):
-    sampling.generate_from_workdir(workdir, num_frames=2)
+    generation.generate_from_workdir(workdir, num_frames=2)

@@ -1,4 +1,4 @@
-"""vdm_jax.sampling: restore a tiny training run's checkpoint and sample from it (shapes, range,
+"""vdm_jax.generation: restore a tiny training run's checkpoint and sample from it (shapes, range,
 determinism, 1 device from a checkpoint saved on 8, frame conditioning, extension, one compile),
 the chunked sampler's guidance wiring with exact denoisers, and the error cases."""
 
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import configs.default
-from vdm_jax import diffusion, sampling
+from vdm_jax import checkpoints, diffusion, generation
+from vdm_jax.denoiser import Conditioning
 from vdm_jax.diffusion.schedule import alpha_sigma
+from vdm_jax.model import abstract_model
 
 T, RES = 4, 8
 
@@ -37,14 +39,19 @@ def workdir(tmp_path_factory):
   return path
 
 
+def options(model, **kwargs):
+  """GenerateOptions from flat keywords, sampler fields included (as sample.py passes them)."""
+  return generation.options_from(model.exp, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def restored(workdir):
-  return sampling.restore_model(workdir)
+  return generation.restore_model(workdir)
 
 
 def test_samples_shape_range_protocol_and_one_compile(workdir, restored):
-  opts = sampling.GenerateOptions(num_samples=3, num_steps=3, progress_chunks=3)
-  videos, protocol = sampling.generate(restored, opts)
+  opts = options(restored, num_samples=3, num_steps=3, progress_chunks=3)
+  videos, protocol = generation.generate(restored, opts)
   assert videos.shape == (3, T, RES, RES, 3) and videos.dtype == np.float32
   assert np.isfinite(videos).all() and videos.min() >= -1.0 and videos.max() <= 1.0
   assert videos.std() > 0.05  # not a constant image
@@ -57,31 +64,31 @@ def test_samples_shape_range_protocol_and_one_compile(workdir, restored):
 
 
 def test_same_seed_same_ddim_samples_on_one_device_from_eight(workdir, restored):
-  opts = sampling.GenerateOptions(num_samples=2, num_steps=3, seed=5, progress_chunks=3)
-  eight, _ = sampling.generate(restored, opts)
-  again, _ = sampling.generate(restored, opts)
+  opts = options(restored, num_samples=2, num_steps=3, seed=5, progress_chunks=3)
+  eight, _ = generation.generate(restored, opts)
+  again, _ = generation.generate(restored, opts)
   np.testing.assert_array_equal(eight, again)
-  other, protocol = sampling.generate(restored, dataclasses.replace(opts, seed=6))
+  other, protocol = generation.generate(restored, dataclasses.replace(opts, seed=6))
   assert protocol["compilations"] == 1  # another seed reuses the compiled sampler
   assert np.abs(other - eight).max() > 1e-2
-  one_device = sampling.restore_model(workdir, devices=jax.devices()[:1])
+  one_device = generation.restore_model(workdir, devices=jax.devices()[:1])
   assert one_device.mesh.devices.size == 1 and one_device.step == 2
-  single, protocol = sampling.generate(one_device, opts)
+  single, protocol = generation.generate(one_device, opts)
   assert protocol["batch_size"] == 2 and protocol["mesh"]["data"] == 1
   np.testing.assert_allclose(single, eight, atol=2e-4)
 
 
 def test_raw_params_differ_from_ema(workdir, restored):
-  raw = sampling.restore_model(workdir, use_ema=False)
+  raw = generation.restore_model(workdir, use_ema=False)
   diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), raw.params, restored.params)
   assert max(jax.tree.leaves(diffs)) > 0  # two Adam steps moved the params away from the EMA
 
 
 @pytest.mark.parametrize("method", ["reconstruction", "replacement"])
 def test_frame_conditioning_from_dataset_keeps_known_frames(restored, method):
-  opts = sampling.GenerateOptions(num_samples=2, num_steps=3, cond_frames=2, frame_method=method,
+  opts = options(restored, num_samples=2, num_steps=3, cond_frames=2, frame_method=method,
                                   reconstruction_weight=5.0)
-  videos, protocol = sampling.generate(restored, opts)
+  videos, protocol = generation.generate(restored, opts)
   truth = protocol["ground_truth"]
   assert truth.shape == (2, T, RES, RES, 3) and videos.shape == truth.shape
   np.testing.assert_array_equal(videos[:, :2], truth[:, :2])
@@ -91,9 +98,9 @@ def test_frame_conditioning_from_dataset_keeps_known_frames(restored, method):
 
 
 def test_extension_yields_the_asked_length(restored):
-  opts = sampling.GenerateOptions(num_samples=2, num_steps=3, num_frames=9, overlap=2,
+  opts = options(restored, num_samples=2, num_steps=3, num_frames=9, overlap=2,
                                   reconstruction_weight=5.0)
-  videos, protocol = sampling.generate(restored, opts)
+  videos, protocol = generation.generate(restored, opts)
   assert videos.shape == (2, 9, RES, RES, 3) and np.isfinite(videos).all()
   assert protocol["num_frames"] == 9 and protocol["overlap"] == 2
   assert protocol["frame_method"] == "reconstruction" and protocol["compilations"] == 1
@@ -101,42 +108,42 @@ def test_extension_yields_the_asked_length(restored):
 
 def test_errors_before_compiling(tmp_path, workdir, restored):
   with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
-    sampling.generate_from_workdir(str(tmp_path))
+    generation.generate_from_workdir(str(tmp_path))
   os.makedirs(tmp_path / "checkpoints")
   with pytest.raises(FileNotFoundError, match="no checkpoint in"):
-    sampling.generate_from_workdir(str(tmp_path))
+    generation.generate_from_workdir(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="available steps: \\[2\\]"):
-    sampling.restore_model(workdir, step=7)
+    generation.restore_model(workdir, step=7)
   with pytest.raises(ValueError, match="unconditional"):
-    sampling.generate(restored, sampling.GenerateOptions(guidance_weight=1.0))
+    generation.generate(restored, options(restored, guidance_weight=1.0))
   with pytest.raises(ValueError, match="not class-conditional"):
-    sampling.generate(restored, sampling.GenerateOptions(labels=(1,)))
+    generation.generate(restored, options(restored, labels=(1,)))
   with pytest.raises(ValueError, match="conditioning-frame channels"):
-    sampling.generate(restored, sampling.GenerateOptions(cond_frames=1, frame_method="model"))
+    generation.generate(restored, options(restored, cond_frames=1, frame_method="model"))
   with pytest.raises(ValueError, match="cond_frames=4 must be in"):
-    sampling.generate(restored, sampling.GenerateOptions(cond_frames=4))
+    generation.generate(restored, options(restored, cond_frames=4))
   with pytest.raises(ValueError, match="unconditional"):  # checked before reading any array
-    sampling.generate_from_workdir(workdir, guidance_weight=1.0)
+    generation.generate_from_workdir(workdir, guidance_weight=1.0)
   with pytest.raises(ValueError, match="unknown sampling options"):
-    sampling.generate_from_workdir(workdir, guidance=1.0)
+    generation.generate_from_workdir(workdir, guidance=1.0)
 
 
 def test_conditioning_video_errors(tmp_path, restored):
   from vdm_jax.metrics import video_io
   short = video_io.write_gif(str(tmp_path / "short.gif"), np.zeros((1, RES, RES, 3), np.uint8))
   with pytest.raises(ValueError, match="has 1 frames but cond_frames=2"):
-    sampling.generate(restored, sampling.GenerateOptions(cond_frames=2, cond_video=short))
+    generation.generate(restored, options(restored, cond_frames=2, cond_video=short))
   wide = video_io.write_gif(str(tmp_path / "wide.gif"), np.zeros((3, RES, 2 * RES, 3), np.uint8))
   with pytest.raises(ValueError, match="is 16x8 but the model samples 8x8"):
-    sampling.generate(restored, sampling.GenerateOptions(cond_frames=2, cond_video=wide))
+    generation.generate(restored, options(restored, cond_frames=2, cond_video=wide))
 
 
 def test_checkpoint_that_does_not_match_the_model(workdir, restored):
   exp = restored.exp
   other = dataclasses.replace(exp.model, base_channels=16, head_dim=16)
-  _, target, _ = sampling.abstract_model(other, restored.mesh)
+  _, target, _ = abstract_model(other, restored.mesh)
   with pytest.raises(ValueError, match="does not match the model"):
-    sampling.restore_params(os.path.join(workdir, "checkpoints"), 2, target)
+    checkpoints.restore_params(workdir, 2, target)
 
 
 # ----- The chunked sampler's wiring, with exact denoisers -----
@@ -170,10 +177,10 @@ def test_chunked_reconstruction_guidance_matches_the_conditional_answer():
   z = jax.random.normal(jax.random.key(2), known.shape)
   errors = {}
   for method, w_r in (("reconstruction", 4.0), ("replacement", 0.0)):
-    chunk_fn = sampling.make_chunk_fn_from_denoiser(
+    chunk_fn = generation.make_chunk_fn_from_denoiser(
         lambda params: _tied_frames_denoiser(t), schedule=diffusion.CosineSchedule(),
         sampler_config=config, prediction="x", frame_method=method, reconstruction_weight=w_r)
-    x = _run_chunks(chunk_fn, z, jax.random.key(3), {}, known, mask, steps, [0, 5, 11, 16])
+    x = _run_chunks(chunk_fn, z, jax.random.key(3), None, known, mask, steps, [0, 5, 11, 16])
     np.testing.assert_array_equal(x[:, :2], known[:, :2])
     errors[method] = float(jnp.sqrt(jnp.mean(jnp.square(x[:, 2:] - known[:, 2:]))))
     if method == "reconstruction":  # the same as the diffusion core run in one piece
@@ -188,18 +195,18 @@ def test_chunked_reconstruction_guidance_matches_the_conditional_answer():
 
 
 def _class_denoiser(z, logsnr, cond):
-  shift = cond["labels"].astype(jnp.float32).reshape(-1, 1, 1, 1, 1)
+  shift = cond.labels.astype(jnp.float32).reshape(-1, 1, 1, 1, 1)
   return jnp.tanh(0.5 * z + 0.1 * shift)
 
 
 def test_guidance_weight_zero_equals_the_conditional_model():
   num_classes, steps = 3, 6
   z = jax.random.normal(jax.random.key(0), (4, 3, 2, 2, 1))
-  cond = {"labels": jnp.array([0, 1, 2, 1])}
+  cond = Conditioning(labels=jnp.array([0, 1, 2, 1]))
   zeros = jnp.zeros((4, 3))
   outs = {}
   for name, w in (("none", 0.0), ("zero_per_frame", jnp.zeros(3)), ("rising", jnp.array([0., 1, 2]))):
-    chunk_fn = sampling.make_chunk_fn_from_denoiser(
+    chunk_fn = generation.make_chunk_fn_from_denoiser(
         lambda params: _class_denoiser, schedule=diffusion.CosineSchedule(),
         sampler_config=diffusion.SamplerConfig("ddim", steps), prediction="x",
         num_classes=num_classes, guidance_weight=w)
@@ -215,7 +222,7 @@ def test_default_output_dirs_differ_when_the_options_do():
   variants = [base, {**base, "guidance_weight": 1.5}, {**base, "cond_frames": 4, "frame_method": "reconstruction"},
               {**base, "cond_frames": 4, "frame_method": "replacement"}, {**base, "num_frames": 32},
               {**base, "seed": 1}, {**base, "sampler": "ancestral"}]
-  names = [os.path.basename(sampling.default_output_dir("w", p)) for p in variants]
+  names = [os.path.basename(generation.default_output_dir("w", p)) for p in variants]
   assert names[0] == "sample_00001500_ddim64_seed0"
   assert names[1] == "sample_00001500_ddim64_cfg1.5_seed0"
   assert len(set(names)) == len(names)
@@ -223,8 +230,8 @@ def test_default_output_dirs_differ_when_the_options_do():
 
 def test_evaluate_from_a_workdir_samples_as_many_frames_as_the_real_clips(workdir, tmp_path):
   """scripts/evaluate.py --workdir: the model's 4-frame clips are extended to the real 6 frames."""
+  from vdm_jax import evaluation
   from vdm_jax.data import DataConfig
-  from vdm_jax.metrics import evaluation
   real = np.random.default_rng(0).uniform(-1, 1, (2, 6, RES, RES, 3)).astype(np.float32)
   res = evaluation.evaluate(DataConfig(name="fake", num_frames=6, resolution=RES), workdir=workdir,
                             num_samples=2, num_steps=2, metrics=("colour_drift",),
@@ -233,3 +240,43 @@ def test_evaluate_from_a_workdir_samples_as_many_frames_as_the_real_clips(workdi
   assert gen["shape"] == [6, RES, RES, 3] and gen["count"] == 2
   assert gen["num_frames"] == 6 and gen["train_num_frames"] == T and gen["checkpoint_step"] == 2
   assert np.isfinite(res["metrics"]["colour_drift_generated"])
+
+
+# ----- Fixed-seed samples pinned across refactors -----
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "samples.npz")
+GOLDEN_CASES = {
+    "ddim": dict(num_samples=3, num_steps=4, seed=7),
+    "ancestral": dict(num_samples=2, sampler="ancestral", num_steps=4, gamma=0.1, seed=1),
+    "reconstruction_extend": dict(num_samples=2, num_steps=3, cond_frames=2, num_frames=6,
+                                  overlap=2, reconstruction_weight=5.0, seed=3),
+}
+# Written by tests/golden/make_golden.py. Equal bit for bit on the machine that wrote it; XLA CPU
+# may round differently on another CPU kind, hence a tolerance far below any behaviour change.
+GOLDEN_ATOL = 2e-5
+
+
+def golden_samples(workdir):
+  """The pinned cases sampled from the micro run: {name: float32 videos}, plus the raw params."""
+  model = generation.restore_model(workdir)
+  out = {}
+  for name, kwargs in GOLDEN_CASES.items():
+    videos, protocol = generation.generate(model, options(model, **kwargs))
+    out[name] = videos
+    if "ground_truth" in protocol:
+      out[name + "_truth"] = protocol["ground_truth"]
+  raw = generation.restore_model(workdir, use_ema=False)
+  total = sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(raw.params))  # float32 sums
+  out["param_checksum"] = np.array([float(total)])
+  return out
+
+
+def test_fixed_seed_samples_equal_the_pinned_ones(workdir):
+  """Training two steps and sampling (DDIM, ancestral, reconstruction-guided extension) gives the
+  videos pinned in tests/golden/samples.npz: a refactor that changes behaviour fails here."""
+  got = golden_samples(workdir)
+  with np.load(GOLDEN) as pinned:
+    assert sorted(pinned.files) == sorted(got)
+    for name in pinned.files:
+      np.testing.assert_allclose(got[name], pinned[name], rtol=0 if name != "param_checksum"
+                                 else 1e-6, atol=GOLDEN_ATOL, err_msg=name)

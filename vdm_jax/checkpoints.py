@@ -1,10 +1,11 @@
-"""The one Orbax wrapper: save a train state, restore it onto any mesh, read its manifest.
+"""The one Orbax module: the on-disk checkpoint format, whole.
 
-A checkpoint step directory holds three items:
+Nothing else in vdm_jax opens Orbax. A checkpoint step directory holds three items:
   state     the train state pytree (params, EMA params, optimizer state, step, rng key data),
             saved with `ocp.args.StandardSave`; every leaf a jax.Array (or numpy array).
   data      JSON: the data iterator's state, so a resumed run sees the same examples.
-  manifest  JSON written by the caller: config, library versions, mesh, dataset, param count.
+  manifest  JSON (`make_manifest`): config, library versions, mesh, dataset, param count, step;
+            what sampling rebuilds the model from (`read_experiment`).
 
 Layout on disk (Orbax 0.12): `DIR/<step>/{state,data,manifest,commit_success.txt,...}`. A save is
 written into `DIR/<step>.orbax-checkpoint-tmp` and renamed to `DIR/<step>` only once every item is
@@ -16,11 +17,13 @@ Restoring onto another topology (8 devices -> 1, (4, 2) -> (4,)) needs an abstra
 carries the NEW shardings; build one with `abstract_like(state_or_shapes, shardings)`.
 
 Usage:
-  ckpt = Checkpointer(f"{workdir}/checkpoints", max_to_keep=3)
+  ckpt = Checkpointer(checkpoint_dir(workdir, create=True), max_to_keep=3)
   ckpt.save(step, state, data_state=it.get_state(), manifest=manifest)   # async
   ...
   state, data_state, manifest = ckpt.restore(target=abstract_like(state, shardings))
   ckpt.close()                                                          # waits for pending saves
+  exp, step, manifest = read_experiment(workdir)                        # sampling: no arrays read
+  params = restore_params(workdir, step, target, use_ema=True)          # EMA only, onto any mesh
 """
 
 from __future__ import annotations
@@ -36,12 +39,67 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from vdm_jax.versions import library_versions  # noqa: F401  (re-exported)
+from vdm_jax.config import ExperimentConfig
+from vdm_jax.versions import library_versions
 
 PyTree = Any
 
 STATE, DATA, MANIFEST = "state", "data", "manifest"
 ITEM_NAMES = (STATE, DATA, MANIFEST)
+CHECKPOINTS = "checkpoints"  # the folder under a workdir
+_PARAM_KEYS = {True: "ema", False: "params"}  # use_ema -> the train state's key
+_MODEL_HINT = ("The checkpoint does not match the model rebuilt from its manifest: was it written "
+               "by another version of the model code? Sample with the code that trained it.")
+
+
+def checkpoint_dir(workdir: str, *, create: bool = False) -> str:
+  """workdir/checkpoints; without `create`, FileNotFoundError saying what to pass if missing."""
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  if not create and not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint directory {directory}: pass the --workdir of a "
+                            "training run (train.py writes checkpoints into WORKDIR/checkpoints)")
+  return directory
+
+
+def make_manifest(exp: ExperimentConfig, mesh: jax.sharding.Mesh, dataset: dict,
+                  num_params: int) -> dict:
+  """The run description saved with every step (`save` adds the step)."""
+  return {"config": exp.to_dict(), "versions": library_versions(),
+          "mesh": {k: int(v) for k, v in mesh.shape.items()}, "dataset": dataset,
+          "num_params": int(num_params)}
+
+
+def read_experiment(workdir: str, step: int | None = None) -> tuple[ExperimentConfig, int, dict]:
+  """(ExperimentConfig, step, manifest) of checkpoint `step` (latest when None); no array read.
+
+  Raises:
+    FileNotFoundError: no checkpoint (or none for `step`) in workdir.
+    ValueError: the manifest holds no config.
+  """
+  with Checkpointer(checkpoint_dir(workdir), create=False, async_save=False) as ckpt:
+    step = ckpt.resolve_step(step)
+    manifest = ckpt.read_manifest(step)
+  if "config" not in manifest:
+    raise ValueError(f"checkpoint step {step} in {checkpoint_dir(workdir)} has no config in its "
+                     "manifest, so the model cannot be rebuilt; it was not written by train.py")
+  return ExperimentConfig.from_config_dict(manifest["config"]), step, manifest
+
+
+def restore_params(workdir: str, step: int, target: PyTree, *, use_ema: bool = True) -> PyTree:
+  """Restores only the EMA (or raw) parameters of a train-state checkpoint onto target's shardings.
+
+  Args:
+    workdir: the training run's workdir.
+    step: a finalized step.
+    target: abstract params (ShapeDtypeStruct leaves with shardings), from
+      vdm_jax.model.abstract_model.
+    use_ema: restore 'ema' (True) or 'params'.
+
+  Raises:
+    ValueError: the checkpoint's parameters differ from the target's tree, shapes or dtypes.
+  """
+  with Checkpointer(checkpoint_dir(workdir), create=False, async_save=False) as ckpt:
+    return ckpt.restore_item(step, _PARAM_KEYS[bool(use_ema)], target)
 
 
 def abstract_like(state: PyTree, shardings: PyTree | jax.sharding.Sharding | None = None) -> PyTree:
@@ -96,7 +154,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
         enable_async_checkpointing=async_save)
-    handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
+    handlers = {STATE: ocp.PyTreeCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
                 MANIFEST: ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=ITEM_NAMES, item_handlers=handlers)
@@ -151,7 +209,7 @@ class Checkpointer:
     if check_finite:
       _check_finite(step, state)
     self._manager.save(step, force=True, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
+        STATE: ocp.args.PyTreeSave(state),
         DATA: ocp.args.JsonSave(data_state),
         MANIFEST: ocp.args.JsonSave(manifest)}))
 
@@ -171,18 +229,33 @@ class Checkpointer:
       FileNotFoundError: there is no checkpoint, or no checkpoint for `step`.
       ValueError: `target` does not match the saved tree, shapes or dtypes, or lacks a sharding.
     """
-    step = self._resolve_step(step)
-    saved = self._manager.item_metadata(step)[STATE]
-    _check_target(target, saved, step, self.directory)
+    step = self.resolve_step(step)
+    _check_target(target, self._saved_tree(step), step, self.directory)
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(target),
+        STATE: _restore_args(target),
         DATA: ocp.args.JsonRestore(),
         MANIFEST: ocp.args.JsonRestore()}))
     return restored[STATE], dict(restored[DATA] or {}), dict(restored[MANIFEST] or {})
 
+  def restore_item(self, step: int, key: str, target: PyTree) -> PyTree:
+    """Restores only state[key] (e.g. "ema") of step `step` onto target's shardings."""
+    step = self.resolve_step(step)
+    saved = self._saved_tree(step)
+    where = f"checkpoint step {step} in {self.directory}"
+    if not isinstance(saved, dict) or key not in saved:
+      raise ValueError(f"{where} holds no '{key}' parameters. {_MODEL_HINT}")
+    _check_target({key: target}, {key: saved[key]}, step, self.directory, hint=_MODEL_HINT)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: _restore_args({key: target}, partial=True)}))
+    return restored[STATE][key]
+
+  def _saved_tree(self, step: int) -> PyTree:
+    saved = self._manager.item_metadata(step)[STATE]
+    return getattr(saved, "tree", saved)
+
   def read_manifest(self, step: int | None = None) -> dict:
     """Reads the manifest of step `step` (latest when None) without reading any array."""
-    step = self._resolve_step(step)
+    step = self.resolve_step(step)
     restored = self._manager.restore(
         step, args=ocp.args.Composite(**{MANIFEST: ocp.args.JsonRestore()}))
     return dict(restored[MANIFEST] or {})
@@ -202,7 +275,7 @@ class Checkpointer:
   def __exit__(self, *exc_info: object) -> None:
     self.close()
 
-  def _resolve_step(self, step: int | None) -> int:
+  def resolve_step(self, step: int | None) -> int:
     """Maps None to the latest step; raises FileNotFoundError for missing steps."""
     self._manager.wait_until_finished()
     steps = self.all_steps()
@@ -215,6 +288,12 @@ class Checkpointer:
       raise FileNotFoundError(
           f"no checkpoint for step {step} in {self.directory}; available steps: {steps}")
     return int(step)
+
+
+def _restore_args(target: PyTree, partial: bool = False) -> ocp.args.PyTreeRestore:
+  return ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=partial)
 
 
 def _path_str(path: Sequence[Any]) -> str:
@@ -270,7 +349,8 @@ def _checked_json(value: dict | None, name: str) -> dict:
   return value
 
 
-def _check_target(target: PyTree, saved: PyTree, step: int, directory: str) -> None:
+def _check_target(target: PyTree, saved: PyTree, step: int, directory: str,
+                  hint: str = "Build the target from the same model config.") -> None:
   """Compares target against the saved metadata; raises ValueError at the first mismatch."""
   want = _leaves_by_path(target)
   have = _leaves_by_path(saved)
@@ -278,18 +358,16 @@ def _check_target(target: PyTree, saved: PyTree, step: int, directory: str) -> N
   for path, t in want.items():
     if path not in have:
       raise ValueError(f"restore target leaf '{path}' is not in {where}; saved leaves start "
-                       f"with {sorted(have)[:5]}. Build the target from the same model config.")
+                       f"with {sorted(have)[:5]}. {hint}")
     s = have[path]
     if tuple(t.shape) != tuple(s.shape) or np.dtype(t.dtype) != np.dtype(s.dtype):
       raise ValueError(
           f"restore target leaf '{path}' is {tuple(t.shape)} {np.dtype(t.dtype)} but {where} "
-          f"holds {tuple(s.shape)} {np.dtype(s.dtype)}. Use the config the checkpoint was trained "
-          "with (see read_manifest()).")
+          f"holds {tuple(s.shape)} {np.dtype(s.dtype)}. {hint}")
     if getattr(t, "sharding", None) is None:
       raise ValueError(f"restore target leaf '{path}' has no sharding: build the target with "
                        "abstract_like(state, shardings).")
   extra = sorted(set(have) - set(want))
   if extra:
     raise ValueError(f"{where} holds leaf '{extra[0]}' (shape {tuple(have[extra[0]].shape)}) "
-                     f"that the restore target lacks ({len(extra)} such leaves). Build the "
-                     "target from the same model config.")
+                     f"that the restore target lacks ({len(extra)} such leaves). {hint}")

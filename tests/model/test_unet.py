@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vdm_jax.model import UNet, UNetConfig, count_params, small_config
+from vdm_jax.model import UNet, UNetConfig, count_params
 
 B, T, S = 2, 4, 16
 TINY = UNetConfig(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=S,

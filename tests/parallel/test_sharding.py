@@ -10,9 +10,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from vdm_jax.model import UNet, UNetConfig
-from vdm_jax.parallel import (batch_sharding, create_sharded_model, host_to_global,
-                              logical_to_spec, make_mesh, state_shardings)
+from vdm_jax.model import UNet, UNetConfig, create_model
+from vdm_jax.parallel import batch_sharding, host_to_global, logical_to_spec, make_mesh, state_shardings
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 CFG = UNetConfig(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
@@ -38,10 +37,10 @@ def test_logical_to_spec_replicates_what_does_not_divide():
   assert logical_to_spec(("batch",), (2,), shape) == P(None)
 
 
-def test_create_sharded_model_matches_unsharded(devices):
+def test_create_model_matches_unsharded(devices):
   mesh = make_mesh(2, 4)
   cfg = dataclasses.replace(CFG, channel_mult=(1,), attention_resolutions=(16,), num_classes=0)
-  graphdef, state = create_sharded_model(cfg, mesh, 0)
+  graphdef, state = create_model(cfg, mesh, 0)
   flat = dict(nnx.to_flat_state(state))
   kernel = flat[("down", 0, "res", "conv1", "kernel")][...]  # [3, 3, 16, 16]
   assert kernel.sharding.spec == P(None, None, "fsdp", "tensor")

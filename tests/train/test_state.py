@@ -2,9 +2,9 @@
 
 import jax
 
+from vdm_jax.config import OptimConfig
 from vdm_jax.model import UNetConfig
 from vdm_jax.parallel import make_mesh
-from vdm_jax.train.config import OptimConfig
 from vdm_jax.train.optimizer import make_optimizer
 from vdm_jax.train.state import create_train_state
 

@@ -7,8 +7,8 @@ import pytest
 
 from tests.train.conftest import MICRO_DATA, MICRO_MODEL
 from vdm_jax import data
+from vdm_jax.config import ExperimentConfig
 from vdm_jax.parallel import batch_sharding, host_to_global, make_mesh
-from vdm_jax.train.config import ExperimentConfig
 from vdm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from vdm_jax.train.state import create_train_state, state_shardings
 from vdm_jax.train.step import make_train_step

@@ -11,16 +11,15 @@ alpha_s x^a + sigma_s eps (`replace_known_frames`).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from vdm_jax.diffusion import parameterization as param
-from vdm_jax.diffusion.samplers import PredictFn, PostStepFn, clip_prediction
+from vdm_jax.diffusion.protocols import DenoiseFn
+from vdm_jax.diffusion.samplers import PostStepFn, PredictFn, clip_prediction
 from vdm_jax.diffusion.schedule import alpha_sigma
-
-DenoiseFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
 
 def frame_guidance_weights(w_start: float, w_end: float, num_frames: int) -> jax.Array:

@@ -13,16 +13,14 @@ the plain v-MSE and no weight overflows at lambda = +-20.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from vdm_jax.diffusion import parameterization as param
+from vdm_jax.diffusion.protocols import DenoiseFn
 from vdm_jax.diffusion.schedule import CosineSchedule, alpha_sigma, sample_training_logsnr
-
-# denoise_fn(z [B, T, H, W, C], logsnr [B], cond) -> prediction [B, T, H, W, C]
-DenoiseFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
 WEIGHTINGS = ("v", "eps", "x", "truncated_snr", "min_snr")
 _OWN_WEIGHTING = {"v": "v", "eps": "eps", "x": "x"}

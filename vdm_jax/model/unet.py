@@ -165,7 +165,7 @@ class UNet(nnx.Module):
                            conv_impl=cfg.conv_impl, **kw)
 
   def _stage(self, cin: int, cout: int, level: int, rngs: nnx.Rngs, *,
-             force_attention: bool = False, attention: bool = True) -> "Stage":
+             force_attention: bool = False, attention: bool = True) -> Stage:
     return Stage(cin, cout, level, self.config, rngs=rngs, force_attention=force_attention,
                  attention=attention)
 

@@ -11,6 +11,8 @@ import os
 import jax
 from absl import flags, logging
 
+from vdm_jax.parallel.sharding import num_batch_devices
+
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", os.environ.get("VDM_COORDINATOR_ADDRESS"),
     "host:port of process 0 for jax.distributed (env VDM_COORDINATOR_ADDRESS).")
@@ -77,7 +79,7 @@ def cpu_devices_per_core(batch_size: int = 0, mesh: dict | None = None,
     if n % fixed:
       continue
     filled = {k: (n // fixed if v == -1 else v) for k, v in mesh.items()}
-    if batch_size and batch_size % (filled.get("data", 1) * filled.get("fsdp", 1)):
+    if batch_size and batch_size % num_batch_devices(filled):
       continue
     return n
   return fixed

@@ -1,7 +1,11 @@
-"""Parameter and batch shardings from logical axis names; the model created already sharded."""
+"""Parameter and batch shardings from logical axis names; host batches -> global arrays.
+
+Imports no model code: vdm_jax.model.build creates the model with these shardings.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -36,26 +40,9 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules = DEFAUL
       abstract_state, is_leaf=is_var)
 
 
-def create_sharded_model(config, mesh: Mesh, rng: int | jax.Array,
-                         rules: Rules = DEFAULT_RULES) -> tuple[nnx.GraphDef, nnx.State]:
-  """Builds UNet(config) with parameters created sharded (inside jit with out_shardings).
-
-  Args:
-    config: a vdm_jax.model.UNetConfig.
-    mesh: a mesh from make_mesh.
-    rng: int seed or key for nnx.Rngs (streams 'params' and 'dropout').
-  Returns:
-    (graphdef, state): state leaves are jax.Arrays with NamedShardings from `rules`.
-  """
-  from vdm_jax.model import UNet  # lazy: the model imports vdm_jax.parallel.logical
-
-  def init() -> nnx.State:
-    return nnx.state(UNet(config, rngs=nnx.Rngs(rng)))
-
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(rng))))
-  shardings = state_shardings(abstract_state, mesh, rules)
-  state = jax.jit(init, out_shardings=shardings)()
-  return graphdef, state
+def num_batch_devices(mesh_shape: Mapping[str, int]) -> int:
+  """Devices the batch axis is split over: data x fsdp of a mesh's (filled) shape."""
+  return int(mesh_shape.get("data", 1)) * int(mesh_shape.get("fsdp", 1))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -70,7 +57,7 @@ def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     ValueError: if a leading dimension does not divide over this process's share of the batch axis.
   """
   sharding = batch_sharding(mesh)
-  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  batch_devices = num_batch_devices(mesh.shape)
   local_share = max(batch_devices // jax.process_count(), 1)
   out = {}
   for name, value in batch.items():

@@ -35,7 +35,7 @@ def compiled_num_devices(compiled) -> int:
   return max((s.num_devices for s in shardings if isinstance(s, jax.sharding.Sharding)), default=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peak_flops_per_second(size: int = 1024, repeats: int = 5) -> float:
   """Measured float32 matmul FLOP/s of the machine (best of `repeats`).
 

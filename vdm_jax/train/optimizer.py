@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vdm_jax.train.config import OptimConfig
+from vdm_jax.config import OptimConfig
 
 
 def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:

@@ -10,18 +10,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vdm_jax.model import UNetConfig
-from vdm_jax.parallel import create_sharded_model
+from vdm_jax.model import UNetConfig, create_model, split_params
 
 # The train state is a plain dict pytree (what Orbax saves):
 #   step int32 [], rng uint32 [2] (key data), params / ema (nnx.State of Params), opt_state.
 TrainState = dict[str, Any]
-
-
-def split_params(state: nnx.State) -> tuple[nnx.State, nnx.State]:
-  """(params, rest): the trainable nnx.Param leaves and everything else (rng stream counters)."""
-  params, rest = nnx.split_state(state, nnx.Param, ...)
-  return params, rest
 
 
 def create_train_state(model_config: UNetConfig, tx: optax.GradientTransformation, mesh: Mesh,
@@ -31,7 +24,7 @@ def create_train_state(model_config: UNetConfig, tx: optax.GradientTransformatio
   Returns:
     graphdef: the model's structure; rest: its non-trainable variables; state: the TrainState.
   """
-  graphdef, model_state = create_sharded_model(model_config, mesh, seed)
+  graphdef, model_state = create_model(model_config, mesh, seed)
   params, rest = split_params(model_state)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -57,6 +50,3 @@ def state_shardings(state: TrainState) -> Any:
   """The sharding of every leaf of a (concrete) train state."""
   return jax.tree.map(lambda x: x.sharding, state)
 
-
-def count_params(params: nnx.State) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -2,44 +2,67 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vdm_jax.config import OptimConfig, TrainConfig
+from vdm_jax.denoiser import Conditioning, frame_condition, make_denoise_fn
 from vdm_jax.diffusion import CosineSchedule, DiffusionConfig, diffusion_loss
 from vdm_jax.model import UNetConfig
-from vdm_jax.train.config import OptimConfig, TrainConfig
-from vdm_jax.train.denoiser import frame_condition, make_denoise_fn
 from vdm_jax.train.optimizer import ema_decay_at, ema_update
 from vdm_jax.train.state import TrainState
 
 
 def training_condition(batch: dict, rng: jax.Array, model_cfg: UNetConfig,
-                       train_cfg: TrainConfig) -> tuple[dict, jax.Array | None]:
+                       train_cfg: TrainConfig) -> tuple[Conditioning, jax.Array | None]:
   """The model's conditioning for a batch, with dropout for classifier-free guidance.
 
   Returns:
-    cond dict and the loss frame mask [B, T] (None = every frame counts).
+    the Conditioning and the loss frame mask [B, T] (None = every frame counts).
   """
   video = batch["video"]
   b, t = video.shape[:2]
   k_cls, k_cond = jax.random.split(rng)
-  cond: dict[str, jax.Array] = {}
-  if "image_mask" in batch:
-    cond["image_mask"] = batch["image_mask"]
-  if model_cfg.num_classes:
-    drop = jax.random.bernoulli(k_cls, train_cfg.class_dropout, (b,))
-    cond["labels"] = jnp.where(drop, model_cfg.num_classes, batch["label"]).astype(jnp.int32)
-  frame_mask = None
+  cond, frame_mask = Conditioning(), None
   if model_cfg.cond_channels:
     known = (jnp.arange(t) < train_cfg.cond_frames)[None, :] & jnp.ones((b, 1), bool)
     keep = ~jax.random.bernoulli(k_cond, train_cfg.cond_dropout, (b, 1))
-    cond.update(frame_condition(video, known & keep))
+    cond = frame_condition(video, known & keep)
     frame_mask = 1.0 - (known & keep).astype(jnp.float32)
+  if "image_mask" in batch:
+    cond = cond.replace(image_mask=batch["image_mask"])
+  if model_cfg.num_classes:
+    drop = jax.random.bernoulli(k_cls, train_cfg.class_dropout, (b,))
+    labels = jnp.where(drop, model_cfg.num_classes, batch["label"]).astype(jnp.int32)
+    cond = cond.replace(labels=labels)
   return cond, frame_mask
+
+
+def accumulate_grads(grad_fn: Callable, params: Any, batch: dict, rng: jax.Array,
+                     accum: int) -> tuple[tuple[jax.Array, jax.Array], Any]:
+  """grad_fn(params, batch, rng) -> ((loss, x_mse), grads), averaged over `accum` micro-batches.
+
+  The batch [B, ...] is split into accum micro-batches [B / accum, ...] scanned one after another,
+  so activation memory is that of one micro-batch.
+  """
+  if accum == 1:
+    return grad_fn(params, batch, rng)
+  micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  def body(carry, inputs):
+    (loss, x_mse), grads = grad_fn(params, inputs[0], inputs[1])
+    acc_loss, acc_mse, acc_grads = carry
+    return (acc_loss + loss, acc_mse + x_mse, jax.tree.map(jnp.add, acc_grads, grads)), None
+
+  (loss, x_mse, grads), _ = jax.lax.scan(
+      body, (jnp.zeros(()), jnp.zeros(()), zeros), (micro, jax.random.split(rng, accum)))
+  return (loss / accum, x_mse / accum), jax.tree.map(lambda g: g / accum, grads)
 
 
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
@@ -67,24 +90,9 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def grads_over_microbatches(params, batch, rng):
-    if accum == 1:
-      return grad_fn(params, batch, rng)
-    micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
-    zeros = jax.tree.map(jnp.zeros_like, params)
-
-    def body(carry, inputs):
-      (loss, x_mse), grads = grad_fn(params, inputs[0], inputs[1])
-      acc_loss, acc_mse, acc_grads = carry
-      return (acc_loss + loss, acc_mse + x_mse, jax.tree.map(jnp.add, acc_grads, grads)), None
-
-    (loss, x_mse, grads), _ = jax.lax.scan(
-        body, (jnp.zeros(()), jnp.zeros(()), zeros), (micro, jax.random.split(rng, accum)))
-    return (loss / accum, x_mse / accum), jax.tree.map(lambda g: g / accum, grads)
-
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-    (loss, x_mse), grads = grads_over_microbatches(state["params"], batch, step_rng)
+    (loss, x_mse), grads = accumulate_grads(grad_fn, state["params"], batch, step_rng, accum)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

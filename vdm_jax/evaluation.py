@@ -1,5 +1,8 @@
 """Evaluation: generated videos against a dataset split, every number with its protocol.
 
+The orchestrator on top of generation/ (sampling a workdir) and metrics/ (FVD, frame metrics,
+colour drift, video files); scripts/evaluate.py calls `evaluate`.
+
 The pieces scripts/evaluate.py strings together: load or generate videos, summarise the real split in
 one streaming pass (I3D statistics cached per dataset, split and protocol; colour drift; the ground
 truth for frame prediction), compute the metrics, write a results JSON with a one-line summary.
@@ -12,13 +15,15 @@ import datetime
 import json
 import os
 import sys
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
+from vdm_jax import data
+from vdm_jax.generation import generate_from_workdir
+from vdm_jax.metrics import frame_metrics, video_io
 from vdm_jax.metrics import fvd as fvd_lib
-from vdm_jax.metrics import frame_metrics
-from vdm_jax.metrics import video_io
 from vdm_jax.versions import library_versions
 
 FRAME_METRIC_NAMES = ("psnr", "ssim", "lpips")
@@ -91,7 +96,7 @@ def match_resolution(videos: np.ndarray, resolution: int) -> np.ndarray:
 
 def generate_samples(workdir: str, num_samples: int, *, sampler: str = "ddim", num_steps: int = 128,
                      seed: int = 0, use_ema: bool = True, **kwargs: Any) -> tuple[np.ndarray, dict]:
-  """Samples a trained model through vdm_jax.sampling.generate_from_workdir.
+  """Samples a trained model through vdm_jax.generation.generate_from_workdir.
 
   Returns:
     (videos uint8 [N, T, H, W, C], protocol dict from the sampler: sampler, steps, EMA, seed,
@@ -100,7 +105,6 @@ def generate_samples(workdir: str, num_samples: int, *, sampler: str = "ddim", n
   Raises:
     FileNotFoundError: the workdir holds no checkpoint (the message says what to pass).
   """
-  from vdm_jax.sampling import generate_from_workdir  # pylint: disable=g-import-not-at-top
   videos, protocol = generate_from_workdir(workdir, num_samples=num_samples, sampler=sampler,
                                            num_steps=num_steps, seed=seed, use_ema=use_ema, **kwargs)
   return video_io.to_uint8(np.asarray(videos)), dict(protocol)
@@ -116,8 +120,6 @@ def dataset_batches(data_config: Any, num_videos: int, batch_size: int = 16) -> 
     num_videos: videos to read.
     batch_size: videos per batch.
   """
-  from vdm_jax import data  # pylint: disable=g-import-not-at-top
-
   for batch in data.create_eval_iterator(data_config, batch_size, num_examples=num_videos):
     yield video_io.to_uint8(np.asarray(batch["video"])[np.asarray(batch["valid"])])
 
@@ -298,7 +300,7 @@ def evaluate(data_config: Any, *, samples: str | None = None, workdir: str | Non
   Args:
     data_config: vdm_jax.data.DataConfig of the real videos (name, eval_split, frames, stride, size).
     samples: .npz (key "videos", optional "ground_truth") or folder of video files.
-    workdir: a training workdir to sample from instead (vdm_jax.sampling.generate_from_workdir).
+    workdir: a training workdir to sample from instead (vdm_jax.generation.generate_from_workdir).
     num_samples: generated videos to use (all in `samples` when None; required with workdir).
     num_real: real videos; default the number of generated videos / best_of_k for frame prediction,
       else the number of generated videos.
@@ -316,62 +318,86 @@ def evaluate(data_config: Any, *, samples: str | None = None, workdir: str | Non
     The results dict written to `output`.
   """
   metrics = tuple(metrics)
-  if (samples is None) == (workdir is None):
-    raise ValueError("Give exactly one of --samples PATH or --workdir DIR.")
-  protocol: dict[str, Any] = {}
-  if samples is not None:
-    generated, ground_truth = load_videos(samples, num_samples)
-    generated = match_resolution(generated, data_config.resolution)
-    protocol["generated"] = {"source": os.path.abspath(samples)}
-  else:
-    if not num_samples:
-      raise ValueError("--workdir needs --num_samples N (videos to generate).")
-    # As many frames as the real clips: longer than the model's clips means autoregressive extension.
-    generated, gen_protocol = generate_samples(workdir, num_samples, sampler=sampler, num_steps=num_steps,
-                                               seed=seed, use_ema=use_ema,
-                                               num_frames=data_config.num_frames)
-    ground_truth = gen_protocol.pop("ground_truth", None)
-    ground_truth = None if ground_truth is None else video_io.to_uint8(np.asarray(ground_truth))
-    protocol["generated"] = {"source": os.path.abspath(workdir), "sampler": sampler, "num_steps": num_steps,
-                             "seed": seed, "use_ema": use_ema, **gen_protocol}
-  protocol["generated"].update(count=int(generated.shape[0]), shape=list(generated.shape[1:]))
+  generated, ground_truth, protocol = _generated(data_config, samples, workdir, num_samples,
+                                                 sampler=sampler, num_steps=num_steps, seed=seed,
+                                                 use_ema=use_ema)
   prediction = bool(set(metrics) & set(FRAME_METRIC_NAMES))
   num_truth_needed = generated.shape[0] // max(best_of_k, 1)
   validate_request(metrics, generated.shape[0], generated.shape[1], best_of_k=best_of_k,
                    num_ground_truth=None if ground_truth is None else ground_truth.shape[0])
   num_real = num_real or (num_truth_needed if prediction else generated.shape[0])
-  real_protocol = {"dataset": data_config.name, "split": data_config.eval_split, "count": int(num_real),
-                   "num_frames": data_config.num_frames, "frame_stride": data_config.frame_stride,
-                   "resolution": data_config.resolution, "order": "first N of the split, clips from frame 0"}
-  protocol["real"] = real_protocol
+  protocol["real"] = _real_protocol(data_config, num_real)
   if "fvd" in metrics:
     extractor = extractor or fvd_lib.I3DFeatureExtractor(batch_size=batch_size)
-    protocol["fvd"] = dict(fvd_lib.PROTOCOL)
-  real = _real_summary(data_config, real_protocol, metrics, extractor, cache_dir, batch_size,
+  real = _real_summary(data_config, protocol["real"], metrics, extractor, cache_dir, batch_size,
                        keep_first=num_truth_needed if prediction and ground_truth is None else 0,
                        real_batches=real_batches, expected_shape=generated.shape[1:])
   check_comparable(generated.shape[1:], real.shape)
-  if "fvd" in metrics:
-    protocol["fvd"].update(real_stats_cache_hit=real.cache_hit, real_stats_cache_dir=cache_dir)
-  if prediction:
-    if ground_truth is None:
-      ground_truth = real.first
-    protocol["frame_prediction"] = {
-        "ground_truth": "samples file" if real.first is None else "first videos of the real split, in order",
-        "num_cond_frames": num_cond_frames, "predicted_frames": generated.shape[1] - num_cond_frames,
-        "best_of_k": best_of_k, "values": "[0, 1], PSNR max_val 1, SSIM gaussian 11/1.5, LPIPS alexnet",
-        "selection": "per video and metric, the best sample by its mean over predicted frames"}
-  if "colour_drift" in metrics:
-    protocol["colour_drift"] = {"definition": "mean over frames of ||m_{t+1} - m_t||_2, m = per-frame mean "
-                                              "colour in [0, 1]; mean over videos"}
-  values = compute_metrics(generated, real, metrics=metrics, extractor=extractor, ground_truth=ground_truth,
-                           num_cond_frames=num_cond_frames, best_of_k=best_of_k)
+  if prediction and ground_truth is None:
+    ground_truth = real.first
+  protocol.update(_metric_protocols(metrics, real, cache_dir, generated.shape[1],
+                                    num_cond_frames, best_of_k))
+  values = compute_metrics(generated, real, metrics=metrics, extractor=extractor,
+                           ground_truth=ground_truth, num_cond_frames=num_cond_frames,
+                           best_of_k=best_of_k)
   if output is None:
-    base = workdir if workdir is not None else (samples if os.path.isdir(samples) else os.path.dirname(samples))
+    base = workdir if workdir is not None else (
+        samples if os.path.isdir(samples) else os.path.dirname(samples))
     output = os.path.join(base or ".", "eval_results.json")
   results = write_results(output, values, protocol)
   results["path"] = output
   return results
+
+
+def _generated(data_config: Any, samples: str | None, workdir: str | None,
+               num_samples: int | None, **sampling: Any
+               ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+  """(generated uint8 [N, T, H, W, C], ground truth or None, protocol with "generated")."""
+  if (samples is None) == (workdir is None):
+    raise ValueError("Give exactly one of --samples PATH or --workdir DIR.")
+  if samples is not None:
+    generated, ground_truth = load_videos(samples, num_samples)
+    generated = match_resolution(generated, data_config.resolution)
+    gen = {"source": os.path.abspath(samples)}
+  else:
+    if not num_samples:
+      raise ValueError("--workdir needs --num_samples N (videos to generate).")
+    # As many frames as the real clips: longer than the model's clips means extension.
+    generated, gen_protocol = generate_samples(workdir, num_samples,
+                                               num_frames=data_config.num_frames, **sampling)
+    ground_truth = gen_protocol.pop("ground_truth", None)
+    ground_truth = None if ground_truth is None else video_io.to_uint8(np.asarray(ground_truth))
+    gen = {"source": os.path.abspath(workdir), **sampling, **gen_protocol}
+  gen.update(count=int(generated.shape[0]), shape=list(generated.shape[1:]))
+  return generated, ground_truth, {"generated": gen}
+
+
+def _real_protocol(data_config: Any, num_real: int) -> dict[str, Any]:
+  return {"dataset": data_config.name, "split": data_config.eval_split, "count": int(num_real),
+          "num_frames": data_config.num_frames, "frame_stride": data_config.frame_stride,
+          "resolution": data_config.resolution,
+          "order": "first N of the split, clips from frame 0"}
+
+
+def _metric_protocols(metrics: tuple[str, ...], real: RealSummary, cache_dir: str | None,
+                      num_frames: int, num_cond_frames: int, best_of_k: int) -> dict[str, Any]:
+  """How each requested metric was measured, for the results JSON."""
+  out: dict[str, Any] = {}
+  if "fvd" in metrics:
+    out["fvd"] = {**fvd_lib.PROTOCOL, "real_stats_cache_hit": real.cache_hit,
+                  "real_stats_cache_dir": cache_dir}
+  if set(metrics) & set(FRAME_METRIC_NAMES):
+    out["frame_prediction"] = {
+        "ground_truth": ("samples file" if real.first is None
+                         else "first videos of the real split, in order"),
+        "num_cond_frames": num_cond_frames, "predicted_frames": num_frames - num_cond_frames,
+        "best_of_k": best_of_k,
+        "values": "[0, 1], PSNR max_val 1, SSIM gaussian 11/1.5, LPIPS alexnet",
+        "selection": "per video and metric, the best sample by its mean over predicted frames"}
+  if "colour_drift" in metrics:
+    out["colour_drift"] = {"definition": "mean over frames of ||m_{t+1} - m_t||_2, m = per-frame "
+                                         "mean colour in [0, 1]; mean over videos"}
+  return out
 
 
 def _real_summary(data_config: Any, real_protocol: Mapping[str, Any], metrics: tuple[str, ...],

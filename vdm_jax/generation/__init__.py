@@ -1,0 +1,19 @@
+"""Generation: the jitted sampler, planning of conditioning and extension, running, writing.
+
+Used alike by sample.py (sample_and_save), evaluation (generate_from_workdir) and the trainer's
+periodic samples (generate on a SamplingModel holding its live EMA parameters).
+
+  sampler.py  make_chunk_fn: the jitted chunk of the step loop with guidance and known frames
+  plan.py     GenerateOptions, plan(): defaults from the run's config, checks before compiling
+  run.py      SamplingModel, restore_model, generate, generate_from_workdir
+  output.py   default_output_dir, write_samples, sample_and_save
+"""
+
+from vdm_jax.generation.output import default_output_dir, sample_and_save, write_samples
+from vdm_jax.generation.plan import GenerateOptions, Plan, options_from, plan
+from vdm_jax.generation.run import SamplingModel, generate, generate_from_workdir, restore_model
+from vdm_jax.generation.sampler import FRAME_METHODS, make_chunk_fn, make_chunk_fn_from_denoiser
+
+__all__ = ["FRAME_METHODS", "GenerateOptions", "Plan", "SamplingModel", "default_output_dir",
+           "generate", "generate_from_workdir", "make_chunk_fn", "make_chunk_fn_from_denoiser",
+           "options_from", "plan", "restore_model", "sample_and_save", "write_samples"]

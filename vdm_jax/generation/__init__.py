@@ -5,8 +5,8 @@ periodic samples (generate on a SamplingModel holding its live EMA parameters).
 
   sampler.py  make_chunk_fn: the jitted chunk of the step loop with guidance and known frames
   plan.py     GenerateOptions, plan(): defaults from the run's config, checks before compiling
-  run.py      SamplingModel, restore_model, generate, generate_from_workdir
-  output.py   default_output_dir, write_samples, sample_and_save
+  run.py      SamplingModel, restore_model, generate, generate_from_workdir; writing:
+              default_output_dir, write_samples, sample_and_save
 """
 
 from vdm_jax.generation.output import default_output_dir, sample_and_save, write_samples

@@ -1,12 +1,13 @@
-"""Running generation: a model ready to sample, its restore from a workdir, and generate().
+"""Running generation: a model ready to sample, its restore from a workdir, generate(), writing.
 
-The one path every caller takes: sample.py (through output.sample_and_save), evaluation (through
-generate_from_workdir) and the trainer's periodic samples (generate on its live EMA parameters).
+The one path every caller takes: sample.py (sample_and_save), evaluation (generate_from_workdir)
+and the trainer's periodic samples (generate on its live EMA parameters, then write_samples).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -32,8 +33,10 @@ from vdm_jax.generation.plan import (
   plan,
 )
 from vdm_jax.generation.sampler import make_chunk_fn, per_sample_noise
+from vdm_jax.metrics import video_io
 from vdm_jax.model import abstract_model
 from vdm_jax.parallel import batch_sharding, make_mesh, num_batch_devices
+from vdm_jax.versions import library_versions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,3 +267,66 @@ def generate_from_workdir(workdir: str, num_samples: int = 8, *, use_ema: bool =
   model = restore_model(workdir, step, use_ema=use_ema, devices=devices)
   videos, protocol = generate(model, opts)
   return videos, {"workdir": os.path.abspath(workdir), **protocol}
+
+
+def default_output_dir(workdir: str, protocol: dict[str, Any]) -> str:
+  """workdir/samples/sample_<step>_<sampler><steps>[_cfg<w>][_<method><k>][_T<frames>]_seed<seed>.
+
+  Sampler, steps, guidance, frame conditioning, length and seed are in the name, so such runs
+  don't overwrite each other; other options (eta, gamma, labels, ...) need --output_dir.
+  """
+  parts = [f"sample_{protocol['checkpoint_step']:08d}",
+           f"{protocol['sampler']}{protocol['num_steps']}"]
+  if protocol.get("guidance_weight"):
+    parts.append(f"cfg{protocol['guidance_weight']:g}")
+  if protocol.get("cond_frames"):
+    parts.append(f"{protocol['frame_method']}{protocol['cond_frames']}")
+  if protocol.get("num_frames", 0) > protocol.get("train_num_frames", 0):
+    parts.append(f"T{protocol['num_frames']}")
+  parts.append(f"seed{protocol['seed']}")
+  return os.path.join(os.path.abspath(workdir), "samples", "_".join(parts))
+
+
+def write_samples(output_dir: str, videos: np.ndarray, protocol: dict[str, Any], *,
+                  ground_truth: np.ndarray | None = None, fps: int | None = None) -> dict[str, str]:
+  """Writes a generation run's files (call on process 0 only).
+
+  Files: sample_XXXX.mp4 / .gif per sample, sample_grid.mp4 / .gif, sample_strip.png (the grid
+  image), sample.npz (uint8 "videos" [N, T, H, W, C], and "ground_truth" when known frames came
+  from a dataset) and protocol.json (with the library versions added).
+
+  Returns:
+    the written paths by kind (video_io.save_videos's, plus "protocol").
+  """
+  written = video_io.save_videos(output_dir, videos, fps=fps or protocol["fps"])
+  arrays = {"videos": video_io.to_uint8(videos)}
+  if ground_truth is not None:
+    arrays["ground_truth"] = video_io.to_uint8(ground_truth)
+  np.savez_compressed(written["npz"], **arrays)
+  written["protocol"] = os.path.join(output_dir, "protocol.json")
+  with open(written["protocol"], "w") as f:
+    json.dump({**protocol, "library_versions": library_versions()}, f, indent=2)
+  return written
+
+
+def sample_and_save(workdir: str, output_dir: str | None = None, *, fps: int | None = None,
+                    **kwargs: Any) -> tuple[str, dict[str, Any]]:
+  """generate_from_workdir, then (process 0 only) `write_samples` into output_dir.
+
+  Args:
+    workdir: the training run's --workdir.
+    output_dir: where to write; None -> `default_output_dir`.
+    fps: frames per second of the video files; None -> the training config's sample.fps.
+    **kwargs: generate_from_workdir's arguments.
+
+  Returns:
+    (output_dir, protocol without the ground truth).
+  """
+  videos, protocol = generate_from_workdir(workdir, **kwargs)
+  ground_truth = protocol.pop("ground_truth", None)
+  output_dir = output_dir or default_output_dir(workdir, protocol)
+  protocol["output_dir"] = os.path.abspath(output_dir)
+  if jax.process_index() == 0:
+    write_samples(output_dir, videos, protocol, ground_truth=ground_truth, fps=fps)
+    logging.info("wrote %d samples %s to %s", len(videos), list(videos.shape[1:]), output_dir)
+  return output_dir, protocol

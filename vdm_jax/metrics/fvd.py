@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax.metrics import i3d
+from vdm_jax.metrics import i3d, video_io
 
 RESOLUTION = 224
 PROTOCOL = {
@@ -54,9 +54,7 @@ def preprocess(videos: jax.Array) -> jax.Array:
 
   Gray (C = 1) is repeated to RGB.
   """
-  if videos.dtype == jnp.uint8:
-    videos = videos.astype(jnp.float32) / 127.5 - 1.0
-  videos = videos.astype(jnp.float32)
+  videos = video_io.to_float(videos, xp=jnp)
   if videos.shape[-1] == 1:
     videos = jnp.repeat(videos, 3, axis=-1)
   b, t, h, w, _ = videos.shape

@@ -30,7 +30,8 @@ def to_uint8(videos: np.ndarray) -> np.ndarray:
   if videos.dtype == np.uint8:
     return videos
   if not np.issubdtype(videos.dtype, np.floating):
-    raise ValueError(f"to_uint8 expects float values in [-1, 1] or uint8, got dtype {videos.dtype}.")
+    raise ValueError(
+        f"to_uint8 expects float values in [-1, 1] or uint8, got dtype {videos.dtype}.")
   scaled = (np.clip(videos.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5
   return np.round(scaled).astype(np.uint8)
 
@@ -80,9 +81,9 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, min_size: int = 12
               crf: int = 12) -> str:
   """Writes an H.264 MP4 (yuv420p, plays everywhere).
 
-  Small videos are nearest-upscaled by the smallest integer factor that makes the short side at least
-  `min_size` (players show tiny videos badly), then padded by edge replication to even sizes (H.264 with
-  yuv420p needs them). Gray (C = 1) is written as RGB gray.
+  Small videos are nearest-upscaled by the smallest integer factor that makes the short side at
+  least `min_size` (players show tiny videos badly), then padded by edge replication to even sizes
+  (H.264 with yuv420p needs them). Gray (C = 1) is written as RGB gray.
 
   Args:
     path: output file (parent folders are created).
@@ -109,7 +110,8 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, min_size: int = 12
     stream.pix_fmt = "yuv420p"
     stream.options = {"crf": str(crf)}
     for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+      av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+      for packet in stream.encode(av_frame):
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
@@ -186,7 +188,8 @@ def write_png(path: str, image: np.ndarray) -> str:
 def _check_videos(videos: np.ndarray) -> np.ndarray:
   videos = np.asarray(videos)
   if videos.ndim != 5 or videos.shape[-1] not in (1, 3) or videos.shape[0] == 0:
-    raise ValueError(f"Expected videos [N, T, H, W, C] with N >= 1 and C in (1, 3), got {videos.shape}.")
+    raise ValueError(
+        f"Expected videos [N, T, H, W, C] with N >= 1 and C in (1, 3), got {videos.shape}.")
   return to_uint8(videos)
 
 
@@ -248,8 +251,8 @@ def save_videos(out_dir: str, videos: np.ndarray, *, prefix: str = "sample", fps
     formats: any of "mp4", "gif".
 
   Returns:
-    {"mp4": [paths], "gif": [paths], "grid_mp4": path, "grid_gif": path, "strip_png": path, "npz": path}
-    (only the formats asked for).
+    {"mp4": [paths], "gif": [paths], "grid_mp4": path, "grid_gif": path, "strip_png": path,
+    "npz": path} (only the formats asked for).
   """
   unknown = set(formats) - {"mp4", "gif"}
   if unknown:
@@ -263,7 +266,8 @@ def save_videos(out_dir: str, videos: np.ndarray, *, prefix: str = "sample", fps
     written[fmt] = [writers[fmt](os.path.join(out_dir, f"{prefix}_{i:04d}.{fmt}"), v, fps)
                     for i, v in enumerate(videos)]
     written[f"grid_{fmt}"] = writers[fmt](os.path.join(out_dir, f"{prefix}_grid.{fmt}"), grid, fps)
-  written["strip_png"] = write_png(os.path.join(out_dir, f"{prefix}_strip.png"), frames_strip_grid(videos))
+  written["strip_png"] = write_png(os.path.join(out_dir, f"{prefix}_strip.png"),
+                                   frames_strip_grid(videos))
   written["npz"] = os.path.join(out_dir, f"{prefix}.npz")
   np.savez_compressed(written["npz"], videos=videos)
   return written

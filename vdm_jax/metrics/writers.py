@@ -67,10 +67,12 @@ class MetricWriter:
       for name, image in images.items():
         image = video_io.to_uint8(np.asarray(image))
         if image.ndim != 3:
-          raise ValueError(f"write_images expects [H, W, C] per image, got {image.shape} for {name!r}.")
+          raise ValueError(
+              f"write_images expects [H, W, C] per image, got {image.shape} for {name!r}.")
         self._tf.summary.image(name, image[None], step=int(step))
 
-  def write_videos(self, step: int, videos: Mapping[str, np.ndarray], fps: int = 8) -> dict[str, str]:
+  def write_videos(self, step: int, videos: Mapping[str, np.ndarray],
+                   fps: int = 8) -> dict[str, str]:
     """Writes videos, each uint8 [N, T, H, W, C] (or float in [-1, 1]).
 
     TensorBoard has no video summary: the frame strip grid (one row per video) goes in as an image,

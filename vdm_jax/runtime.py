@@ -1,5 +1,7 @@
 """Process set-up for the entry scripts: quiet TensorFlow, logging, and tcmalloc on CPU.
 
+This module is the base of the package's import graph: it imports nothing from vdm_jax.
+
 XLA on CPU allocates large temporaries every step; under glibc malloc that becomes a page-fault
 storm. Preloading tcmalloc (Debian: libtcmalloc-minimal4) made train steps about 1.6x faster here,
 so the entry scripts re-execute themselves with it when it is installed and not yet loaded.
@@ -8,12 +10,21 @@ Set VDM_NO_TCMALLOC=1 to opt out.
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging as std_logging
 import os
 import sys
+from types import ModuleType
 
 from absl import logging
+
+# TF_CPP_MIN_LOG_LEVEL for TensorFlow's C++ logs: 3 drops INFO, WARNING and ERROR lines (CUDA and
+# oneDNN start-up chatter that users read as faults); Python-side errors still raise.
+TF_LOG_LEVEL = "3"
+# JAX logs "Unable to initialize backend 'tpu': ..." at INFO through this logger whenever it probes
+# for accelerators; absl's INFO verbosity would show it on every CPU run.
+JAX_BACKEND_LOGGER = "jax._src.xla_bridge"
 
 _TCMALLOC_GLOBS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so*",
                    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so*",
@@ -55,6 +66,31 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
+def quiet_tensorflow_logs() -> None:
+  """Sets TF_CPP_MIN_LOG_LEVEL to TF_LOG_LEVEL unless the user set it (before TF is imported)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
+
+
+@functools.cache
+def import_tensorflow() -> ModuleType:
+  """Imports TensorFlow quietly and keeps it off every GPU (JAX owns the accelerators).
+
+  The one place the package imports TensorFlow (the data pipeline, TFDS and the metric writer go
+  through it). Cached: later calls return the same module.
+
+  Returns:
+    The tensorflow module.
+  """
+  quiet_tensorflow_logs()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # Already initialised by someone else: visibility can no longer change.
+    pass
+  return tf
+
+
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO records of Orbax (a dozen lines per save) from the absl log."""
 
@@ -63,11 +99,19 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def setup_runtime(tcmalloc: bool = True) -> None:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  """Process set-up for an entry script: quiet logs, tcmalloc, JAX's compilation cache.
+
+  Args:
+    tcmalloc: re-execute with tcmalloc preloaded when it is installed and not yet loaded.
+  """
+  quiet_tensorflow_logs()
   if tcmalloc:
     maybe_reexec_with_tcmalloc()
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  std_logging.getLogger(JAX_BACKEND_LOGGER).setLevel(std_logging.WARNING)
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
   enable_compilation_cache()
   if "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
     logging.info("tcmalloc not preloaded (apt-get install libtcmalloc-minimal4 for ~1.6x faster "

@@ -102,3 +102,47 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     video_io.write_gif(str(tmp_path / "x.gif"), np.zeros((4, 8, 8), np.uint8))
   with pytest.raises(FileNotFoundError):
     video_io.read_video(str(tmp_path / "missing.mp4"))
+
+
+def test_to_float_is_the_data_formula_and_to_uint8_inverts_it_exactly():
+  u = np.arange(256, dtype=np.uint8)
+  f = video_io.to_float(u)
+  assert f.dtype == np.float32
+  # The data pipeline's formula, which training data must keep bit for bit.
+  np.testing.assert_array_equal(f, u.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0))
+  assert f[0] == -1.0 and f[-1] == 1.0
+  np.testing.assert_array_equal(video_io.to_uint8(f), u)
+  floats = np.linspace(-1, 1, 7, dtype=np.float64)
+  assert video_io.to_float(floats).dtype == np.float32  # float passes through as float32
+
+
+def test_to_float_on_device_matches_host():
+  jnp = pytest.importorskip("jax.numpy")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  u = np.arange(256, dtype=np.uint8).reshape(16, 16)
+  on_device = jax.jit(lambda x: video_io.to_float(x, xp=jnp))(u)
+  assert on_device.dtype == jnp.float32
+  # XLA may fuse the multiply-subtract (one rounding instead of two): within an ulp of the host.
+  np.testing.assert_allclose(np.asarray(on_device), video_io.to_float(u), rtol=0, atol=2.4e-7)
+
+
+def test_iter_frames_yields_rgb_frames_and_times(tmp_path):
+  video = _smooth_video(t=4, h=8, w=8)
+  path = video_io.write_mp4(str(tmp_path / "v.mp4"), video, fps=4, min_size=0)
+  frames = list(video_io.iter_frames(path))
+  assert len(frames) == 4
+  assert all(f.shape == (8, 8, 3) and f.dtype == np.uint8 for f, _ in frames)
+  np.testing.assert_allclose([t for _, t in frames], [0.0, 0.25, 0.5, 0.75])
+
+
+def test_unreadable_video_files_are_one_line_errors(tmp_path):
+  text = tmp_path / "x.mp4"
+  text.write_text("this is not a video\n")
+  with pytest.raises(ValueError, match="not a readable video") as info:
+    video_io.read_video(str(text))
+  message = str(info.value)
+  assert "x.mp4" in message and "\n" not in message and "Errno" not in message
+  assert info.value.__cause__ is None and info.value.__suppress_context__
+  with pytest.raises(FileNotFoundError, match="missing.mp4"):
+    list(video_io.iter_frames(str(tmp_path / "missing.mp4")))

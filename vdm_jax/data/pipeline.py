@@ -22,6 +22,7 @@ import numpy as np
 from vdm_jax.data import preprocess, registry
 from vdm_jax.data.config import DataConfig
 from vdm_jax.data.tf_setup import tfds
+from vdm_jax.metrics import video_io
 
 Batch = dict[str, np.ndarray]
 EVAL_SEED = 0
@@ -82,7 +83,7 @@ class _ExampleReader:
       clip = clip[:, :, ::-1]
     if cfg.image_frames:
       clip = np.concatenate([clip, self._image_frames(rng, clip.shape[-1])])
-    return preprocess.to_float(clip), label
+    return video_io.to_float(clip), label
 
 
 def _image_mask(batch_size: int, config: DataConfig) -> np.ndarray:

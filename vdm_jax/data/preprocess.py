@@ -1,4 +1,7 @@
-"""Pure numpy preprocessing of clips: temporal crop, spatial crop/resize."""
+"""Pure numpy preprocessing of clips: temporal crop, spatial crop/resize.
+
+uint8 -> float conversion is vdm_jax.metrics.video_io.to_float (one definition for the package).
+"""
 
 from __future__ import annotations
 
@@ -67,8 +70,3 @@ def match_channels(frames: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(
       f"Cannot turn {frames.shape[-1]}-channel frames into {channels} "
       "channels; use an image dataset with the videos' channel count.")
-
-
-def to_float(frames: np.ndarray) -> np.ndarray:
-  """uint8 [...] -> float32 [...] in [-1, 1]."""
-  return frames.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)

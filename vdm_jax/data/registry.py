@@ -58,7 +58,8 @@ def get_spec(name: str) -> DatasetSpec:
 
 def _embedded_builder(spec: DatasetSpec, data_dir: str):
   # Imported here: registering the builder classes is only needed to build.
-  from vdm_jax.data.builders import moving_digits, moving_shapes  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from vdm_jax.data.builders import moving_digits, moving_shapes
   if spec.tfds_name.startswith("moving_shapes/"):
     return moving_shapes.MovingShapes(
         config=spec.tfds_name.split("/")[1], data_dir=data_dir)

@@ -1,14 +1,10 @@
-"""Imports TensorFlow the way this package needs it: quiet, CPU only."""
+"""TensorFlow and TFDS the way this package needs them: quiet, CPU only (see runtime)."""
 
 from __future__ import annotations
 
-import os
+from vdm_jax.runtime import import_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-tf.config.set_visible_devices([], "GPU")
+tf = import_tensorflow()  # before TFDS, which imports TensorFlow itself
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 

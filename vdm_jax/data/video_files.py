@@ -1,4 +1,4 @@
-"""Decoding a folder of video files into fixed-size clips (PyAV's FFmpeg)."""
+"""Decoding a folder of video files into fixed-size clips (video_io's PyAV decoder)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from vdm_jax.data import preprocess
+from vdm_jax.metrics import video_io
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".gif", ".mov", ".mkv")
 
@@ -70,25 +71,22 @@ def decode_frames(path: str, resolution: int, *, frame_stride: int = 1,
     uint8 [L, resolution, resolution, 3].
 
   Raises:
-    Exception: whatever PyAV raises for unreadable files (callers count them).
+    FileNotFoundError: no file at path.
+    ValueError: not a readable video file, or no frame kept (callers count these).
   """
-  import av  # pylint: disable=g-import-not-at-top
   kept, next_time = [], 0.0
-  with av.open(path) as container:
-    stream = container.streams.video[0]
-    for i, frame in enumerate(container.decode(stream)):
-      if fps:
-        if frame.time is None or frame.time + 1e-6 < next_time:
-          continue
-        next_time += 1.0 / fps
-      elif i % frame_stride:
+  for i, (rgb, time) in enumerate(video_io.iter_frames(path)):
+    if fps:
+      if time is None or time + 1e-6 < next_time:
         continue
-      rgb = frame.to_ndarray(format="rgb24")[None]  # [1, H, W, 3]
-      kept.append(preprocess.center_crop_resize(rgb, resolution)[0])
-      if max_frames and len(kept) >= max_frames:
-        break
+      next_time += 1.0 / fps
+    elif i % frame_stride:
+      continue
+    kept.append(preprocess.center_crop_resize(rgb[None], resolution)[0])
+    if max_frames and len(kept) >= max_frames:
+      break
   if not kept:
-    raise ValueError("no decodable frames")
+    raise ValueError(f"{path!r} gave no decodable frames")
   return np.stack(kept)
 
 

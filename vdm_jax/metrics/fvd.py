@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax.metrics import i3d
+from vdm_jax.metrics import i3d, video_io
 
 RESOLUTION = 224
 PROTOCOL = {
@@ -39,29 +39,32 @@ def check_videos(videos: np.ndarray, name: str = "videos") -> np.ndarray:
   """Validates [N, T, H, W, C] with C in {1, 3} and T >= 9 (I3D gives NaN below that)."""
   videos = np.asarray(videos)
   if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
-    raise ValueError(f"FVD expects {name} [N, T, H, W, C] with C in (1, 3), got shape {videos.shape}.")
+    raise ValueError(
+        f"FVD expects {name} [N, T, H, W, C] with C in (1, 3), got shape {videos.shape}.")
   if videos.shape[1] < i3d.MIN_FRAMES:
     raise ValueError(
-        f"FVD needs clips of at least {i3d.MIN_FRAMES} frames ({name} have {videos.shape[1]}): the I3D "
-        f"pools time down to nothing below that and returns NaN. Use longer clips (16 is standard).")
+        f"FVD needs clips of at least {i3d.MIN_FRAMES} frames ({name} have {videos.shape[1]}): "
+        "the I3D pools time down to nothing below that and returns NaN. Use longer clips (16 is "
+        "standard).")
   if not (videos.dtype == np.uint8 or np.issubdtype(videos.dtype, np.floating)):
     raise ValueError(f"FVD expects uint8 or float in [-1, 1] {name}, got dtype {videos.dtype}.")
   return videos
 
 
 def preprocess(videos: jax.Array) -> jax.Array:
-  """uint8 [0, 255] or float [-1, 1] videos [B, T, H, W, C] -> float32 [B, T, 224, 224, 3] in [-1, 1].
+  """uint8 [0, 255] or float [-1, 1] videos [B, T, H, W, C] -> float32 [B, T, 224, 224, 3].
+
+  Values in [-1, 1] (video_io.to_float, on device).
 
   Gray (C = 1) is repeated to RGB.
   """
-  if videos.dtype == jnp.uint8:
-    videos = videos.astype(jnp.float32) / 127.5 - 1.0
-  videos = videos.astype(jnp.float32)
+  videos = video_io.to_float(videos, xp=jnp)
   if videos.shape[-1] == 1:
     videos = jnp.repeat(videos, 3, axis=-1)
   b, t, h, w, _ = videos.shape
   if (h, w) != (RESOLUTION, RESOLUTION):
-    videos = jax.image.resize(videos, (b, t, RESOLUTION, RESOLUTION, 3), "bilinear", antialias=False)
+    videos = jax.image.resize(videos, (b, t, RESOLUTION, RESOLUTION, 3), "bilinear",
+                              antialias=False)
   return videos
 
 
@@ -111,7 +114,8 @@ class I3DFeatureExtractor:
       out.append(np.asarray(jax.device_get(feats), np.float64)[:chunk.shape[0]])
     feats = np.concatenate(out) if out else np.zeros((0, i3d.NUM_CLASSES))
     if not np.all(np.isfinite(feats)):
-      raise FloatingPointError("I3D returned non-finite logits; check the input values and clip length.")
+      raise FloatingPointError(
+          "I3D returned non-finite logits; check the input values and clip length.")
     return feats
 
   def from_batches(self, batches: Iterable[np.ndarray]) -> np.ndarray:
@@ -137,16 +141,18 @@ def feature_statistics(features: np.ndarray) -> FeatureStats:
   features = np.asarray(features, np.float64)
   if features.ndim != 2 or features.shape[0] < 2:
     raise ValueError(f"Feature statistics need [N, D] with N >= 2, got shape {features.shape}.")
-  return FeatureStats(features.mean(axis=0), np.cov(features, rowvar=False, ddof=1), features.shape[0])
+  return FeatureStats(features.mean(axis=0), np.cov(features, rowvar=False, ddof=1),
+                      features.shape[0])
 
 
 def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
-  """Square root of a symmetric positive semi-definite matrix (negative round-off eigenvalues -> 0)."""
+  """Square root of a symmetric positive semi-definite matrix (round-off eigenvalues < 0 -> 0)."""
   w, v = np.linalg.eigh((matrix + matrix.T) / 2)
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
   """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians, in float64.
 
   Tr((S1 S2)^(1/2)) = Tr((S1^1/2 S2 S1^1/2)^(1/2)): the second matrix is symmetric PSD, so its

@@ -1,14 +1,16 @@
 """Video files and grids: MP4 (H.264 through PyAV), looping GIF, PNG frame strips, .npz.
 
 Everything here is numpy on the host; videos are uint8 [N, T, H, W, C] (or float in [-1, 1] where
-noted), C in {1, 3}. Used by training (sample logging), sampling and evaluation.
+noted), C in {1, 3}. Used by training (sample logging), sampling, evaluation and the data pipeline,
+which takes its uint8 <-> float conversion and its PyAV decoder from here (one definition each).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Sequence
+from types import ModuleType
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,16 +30,29 @@ def to_uint8(videos: np.ndarray) -> np.ndarray:
   if videos.dtype == np.uint8:
     return videos
   if not np.issubdtype(videos.dtype, np.floating):
-    raise ValueError(f"to_uint8 expects float values in [-1, 1] or uint8, got dtype {videos.dtype}.")
+    raise ValueError(
+        f"to_uint8 expects float values in [-1, 1] or uint8, got dtype {videos.dtype}.")
   scaled = (np.clip(videos.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5
   return np.round(scaled).astype(np.uint8)
 
 
-def to_float(videos: np.ndarray) -> np.ndarray:
-  """Maps uint8 [0, 255] to float32 in [-1, 1]; float input is returned as float32 unchanged."""
-  videos = np.asarray(videos)
+def to_float(videos: Any, xp: ModuleType = np) -> Any:
+  """Maps uint8 [0, 255] to float32 in [-1, 1]; float input is returned as float32 unchanged.
+
+  The training data goes through this formula, so it must not change: u * float32(2 / 255) - 1,
+  in float32 (exact at 0 and 255, and to_uint8 inverts it exactly for all 256 values). Under jit,
+  XLA may fuse the multiply-subtract, so device results can differ from numpy's by an ulp.
+
+  Args:
+    videos: array of any shape, uint8 or float.
+    xp: array namespace: numpy (host) or jax.numpy (on device, traceable under jit).
+
+  Returns:
+    float32 array of the same shape, an `xp` array.
+  """
+  videos = xp.asarray(videos)
   if videos.dtype == np.uint8:
-    return videos.astype(np.float32) / 127.5 - 1.0
+    return videos.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
   return videos.astype(np.float32)
 
 
@@ -66,9 +81,9 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, min_size: int = 12
               crf: int = 12) -> str:
   """Writes an H.264 MP4 (yuv420p, plays everywhere).
 
-  Small videos are nearest-upscaled by the smallest integer factor that makes the short side at least
-  `min_size` (players show tiny videos badly), then padded by edge replication to even sizes (H.264 with
-  yuv420p needs them). Gray (C = 1) is written as RGB gray.
+  Small videos are nearest-upscaled by the smallest integer factor that makes the short side at
+  least `min_size` (players show tiny videos badly), then padded by edge replication to even sizes
+  (H.264 with yuv420p needs them). Gray (C = 1) is written as RGB gray.
 
   Args:
     path: output file (parent folders are created).
@@ -95,7 +110,8 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, min_size: int = 12
     stream.pix_fmt = "yuv420p"
     stream.options = {"crf": str(crf)}
     for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+      av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+      for packet in stream.encode(av_frame):
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
@@ -172,7 +188,8 @@ def write_png(path: str, image: np.ndarray) -> str:
 def _check_videos(videos: np.ndarray) -> np.ndarray:
   videos = np.asarray(videos)
   if videos.ndim != 5 or videos.shape[-1] not in (1, 3) or videos.shape[0] == 0:
-    raise ValueError(f"Expected videos [N, T, H, W, C] with N >= 1 and C in (1, 3), got {videos.shape}.")
+    raise ValueError(
+        f"Expected videos [N, T, H, W, C] with N >= 1 and C in (1, 3), got {videos.shape}.")
   return to_uint8(videos)
 
 
@@ -234,8 +251,8 @@ def save_videos(out_dir: str, videos: np.ndarray, *, prefix: str = "sample", fps
     formats: any of "mp4", "gif".
 
   Returns:
-    {"mp4": [paths], "gif": [paths], "grid_mp4": path, "grid_gif": path, "strip_png": path, "npz": path}
-    (only the formats asked for).
+    {"mp4": [paths], "gif": [paths], "grid_mp4": path, "grid_gif": path, "strip_png": path,
+    "npz": path} (only the formats asked for).
   """
   unknown = set(formats) - {"mp4", "gif"}
   if unknown:
@@ -249,10 +266,55 @@ def save_videos(out_dir: str, videos: np.ndarray, *, prefix: str = "sample", fps
     written[fmt] = [writers[fmt](os.path.join(out_dir, f"{prefix}_{i:04d}.{fmt}"), v, fps)
                     for i, v in enumerate(videos)]
     written[f"grid_{fmt}"] = writers[fmt](os.path.join(out_dir, f"{prefix}_grid.{fmt}"), grid, fps)
-  written["strip_png"] = write_png(os.path.join(out_dir, f"{prefix}_strip.png"), frames_strip_grid(videos))
+  written["strip_png"] = write_png(os.path.join(out_dir, f"{prefix}_strip.png"),
+                                   frames_strip_grid(videos))
   written["npz"] = os.path.join(out_dir, f"{prefix}.npz")
   np.savez_compressed(written["npz"], videos=videos)
   return written
+
+
+def _unreadable(path: str, reason: str) -> ValueError:
+  """The one-line error for a file FFmpeg cannot decode (no errno, no traceback chain needed)."""
+  reason = " ".join(str(reason).split())
+  return ValueError(f"{path!r} is not a readable video file ({reason})")
+
+
+def iter_frames(path: str) -> Iterator[tuple[np.ndarray, float | None]]:
+  """Decodes the first video stream of a file (mp4, gif, avi, ...) frame by frame with PyAV.
+
+  The package's only video decoder: read_video and the data pipeline's folder tool use it. Errors
+  are raised when iteration starts (or at the frame FFmpeg fails on).
+
+  Args:
+    path: the file.
+
+  Yields:
+    (frame uint8 [H, W, 3] RGB, its presentation time in seconds or None when the file has none).
+
+  Raises:
+    FileNotFoundError: no file at path.
+    ValueError: FFmpeg cannot read the file as a video (not a video, corrupt, no video stream).
+  """
+  import av  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No video file at {path!r}.")
+  try:
+    container = av.open(path)
+  except av.FFmpegError as err:
+    raise _unreadable(path, err.strerror or type(err).__name__) from None
+  with container:
+    if not container.streams.video:
+      raise _unreadable(path, "no video stream")
+    decoded = container.decode(video=0)
+    while True:
+      try:
+        frame = next(decoded)
+      except StopIteration:
+        return
+      except av.FFmpegError as err:
+        raise _unreadable(path, err.strerror or type(err).__name__) from None
+      yield frame.to_ndarray(format="rgb24"), frame.time
 
 
 def read_video(path: str, max_frames: int | None = None) -> np.ndarray:
@@ -264,17 +326,16 @@ def read_video(path: str, max_frames: int | None = None) -> np.ndarray:
 
   Returns:
     uint8 [T, H, W, 3].
-  """
-  import av  # pylint: disable=g-import-not-at-top
 
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No video file at {path!r}.")
+  Raises:
+    FileNotFoundError: no file at path.
+    ValueError: not a readable video file, or no frames in it.
+  """
   frames = []
-  with av.open(path) as container:
-    for frame in container.decode(video=0):
-      frames.append(frame.to_ndarray(format="rgb24"))
-      if max_frames is not None and len(frames) >= max_frames:
-        break
+  for frame, _ in iter_frames(path):
+    frames.append(frame)
+    if max_frames is not None and len(frames) >= max_frames:
+      break
   if not frames:
     raise ValueError(f"{path!r} holds no decodable video frames.")
   return np.stack(frames)

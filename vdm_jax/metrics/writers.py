@@ -8,19 +8,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vdm_jax import runtime
 from vdm_jax.metrics import video_io
-
-
-def _import_tf():
-  """Imports TensorFlow quietly and keeps it off every accelerator (JAX owns them)."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # Already initialised by someone else: visibility can no longer change.
-    pass
-  return tf
 
 
 def _to_float(value: Any) -> float:
@@ -55,7 +44,7 @@ class MetricWriter:
   @property
   def _tb(self):
     if self._summary_writer is None:
-      self._tf = _import_tf()
+      self._tf = runtime.import_tensorflow()
       self._summary_writer = self._tf.summary.create_file_writer(self.workdir)
     return self._summary_writer
 
@@ -78,10 +67,12 @@ class MetricWriter:
       for name, image in images.items():
         image = video_io.to_uint8(np.asarray(image))
         if image.ndim != 3:
-          raise ValueError(f"write_images expects [H, W, C] per image, got {image.shape} for {name!r}.")
+          raise ValueError(
+              f"write_images expects [H, W, C] per image, got {image.shape} for {name!r}.")
         self._tf.summary.image(name, image[None], step=int(step))
 
-  def write_videos(self, step: int, videos: Mapping[str, np.ndarray], fps: int = 8) -> dict[str, str]:
+  def write_videos(self, step: int, videos: Mapping[str, np.ndarray],
+                   fps: int = 8) -> dict[str, str]:
     """Writes videos, each uint8 [N, T, H, W, C] (or float in [-1, 1]).
 
     TensorBoard has no video summary: the frame strip grid (one row per video) goes in as an image,

@@ -80,7 +80,8 @@ def main(argv: list[str]) -> None:
   common.setup_devices(args.devices, batch=args.batch)
   rows = [measure(c, s, args) for c in args.configs for s in args.samplers]
   print(f"{common.cpu_name()}; load {common.load_average()}; tcmalloc {common.tcmalloc_loaded()}")
-  keys = ["config", "sampler", "devices", "batch", "steps", "compile_s", "call_s", "steps_per_s", "frames_per_s"]
+  keys = ["config", "sampler", "devices", "batch", "steps", "compile_s", "call_s", "steps_per_s",
+          "frames_per_s"]
   print(" | ".join(f"{k:>12s}" for k in keys))
   for r in rows:
     print(" | ".join(f"{str(r[k]):>12s}" for k in keys))

@@ -3,10 +3,10 @@
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python \
       -m benchmarks.step_probe --config default --steps 20 [--devices 1]
 
-Prints compile seconds (wall and process CPU), XLA FLOPs, temp memory, each step's wall and CPU seconds (CPU time of all
-threads is less sensitive to other processes on the cores than wall time), the medians and the load
-average. --profile DIR writes a jax.profiler trace of two steps (open with TensorBoard/Perfetto);
---op_table prints the heaviest HLO ops by XLA's per-op cost estimate.
+Prints compile seconds (wall and process CPU), XLA FLOPs, temp memory, each step's wall and CPU
+seconds (CPU time of all threads is less sensitive to other processes on the cores than wall
+time), the medians and the load average. --profile DIR writes a jax.profiler trace of two steps
+(open with TensorBoard/Perfetto); --op_table prints the heaviest HLO ops by XLA's per-op cost estimate.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def main(argv: list[str]) -> None:
   mem = compiled.memory_analysis()
   out = {"config": args.config, "set": args.set, "cpu": common.cpu_name(), "devices": jax.device_count(),
          "mesh": dict(mesh.shape), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-         "tcmalloc": common.tcmalloc_loaded(), "flatten_optimizer": args.flatten_optimizer, "compile_s": round(compile_s, 1),
+         "tcmalloc": common.tcmalloc_loaded(), "flatten_optimizer": args.flatten_optimizer,
+         "compile_s": round(compile_s, 1),
          "compile_cpu_s": round(compile_cpu, 1),
          "gflop": round(compiled_flops(compiled) / 1e9, 2),
          "temp_gb": round(mem.temp_size_in_bytes / 1e9, 3),

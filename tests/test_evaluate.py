@@ -12,7 +12,7 @@ import pytest
 
 from vdm_jax import evaluation
 from vdm_jax.data import DataConfig
-from vdm_jax.metrics import frame_metrics, fvd
+from vdm_jax.metrics import frame_metrics, fvd, video_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,8 +86,9 @@ def test_clear_errors_before_expensive_work(tmp_path):
     evaluation.evaluate(config, samples=str(tmp_path / "short.npz"), metrics=("fid",), real_batches=iter(()))
   np.savez(tmp_path / "ok.npz", videos=_videos(2, t=10, size=16))
   with pytest.raises(ValueError, match="must match|set --num_frames"):
-    evaluation.evaluate(DataConfig(name="fake", num_frames=10, resolution=32), samples=str(tmp_path / "ok.npz"),
-                        metrics=("colour_drift",), real_batches=_fake_batches(_videos(2, size=32)))
+    evaluation.evaluate(DataConfig(name="fake", num_frames=10, resolution=32),
+                        samples=str(tmp_path / "ok.npz"), metrics=("colour_drift",),
+                        real_batches=_fake_batches(_videos(2, size=32)))
   with pytest.raises(FileNotFoundError, match="pass the --workdir of a training run"):
     evaluation.evaluate(config, workdir=str(tmp_path), num_samples=2, metrics=("colour_drift",),
                         real_batches=iter(()))
@@ -95,14 +96,13 @@ def test_clear_errors_before_expensive_work(tmp_path):
 
 def test_script_on_a_folder_of_videos_against_the_embedded_dataset(tmp_path):
   """The real dataset path: moving_shapes is built offline into data_dir on first use."""
-  from vdm_jax.metrics import video_io
 
   gen = _videos(3, t=10, size=32)
   folder = tmp_path / "samples"
   video_io.save_videos(str(folder), gen)  # each sample as .mp4 (upscaled to 128) and .gif
   loaded, _ = evaluation.load_videos(str(folder))
   assert loaded.shape == (3, 10, 128, 128, 3)  # one format only, not both
-  assert evaluation.match_resolution(loaded, 32).shape == (3, 10, 32, 32, 3)
+  assert video_io.match_resolution(loaded, 32).shape == (3, 10, 32, 32, 3)
   out = tmp_path / "res.json"
   env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # as a user runs it
          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}

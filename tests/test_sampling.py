@@ -219,7 +219,8 @@ def test_guidance_weight_zero_equals_the_conditional_model():
 def test_default_output_dirs_differ_when_the_options_do():
   base = {"checkpoint_step": 1500, "sampler": "ddim", "num_steps": 64, "seed": 0, "guidance_weight": 0.0,
           "cond_frames": 0, "frame_method": None, "num_frames": 8, "train_num_frames": 8}
-  variants = [base, {**base, "guidance_weight": 1.5}, {**base, "cond_frames": 4, "frame_method": "reconstruction"},
+  variants = [base, {**base, "guidance_weight": 1.5},
+              {**base, "cond_frames": 4, "frame_method": "reconstruction"},
               {**base, "cond_frames": 4, "frame_method": "replacement"}, {**base, "num_frames": 32},
               {**base, "seed": 1}, {**base, "sampler": "ancestral"}]
   names = [os.path.basename(generation.default_output_dir("w", p)) for p in variants]

@@ -53,7 +53,7 @@ def load_videos(path: str, max_videos: int | None = None) -> tuple[np.ndarray, n
     files = video_io.list_video_files(path)
     if not files:
       raise FileNotFoundError(f"No video files ({', '.join(video_io.VIDEO_EXTENSIONS)}) in {path!r}.")
-    files = _one_format(files)
+    files = video_io.one_format(files)
     files = files[:max_videos] if max_videos else files
     videos = [video_io.read_video(f) for f in files]
     shapes = {v.shape for v in videos}
@@ -72,42 +72,6 @@ def load_videos(path: str, max_videos: int | None = None) -> tuple[np.ndarray, n
   if videos.ndim != 5:
     raise ValueError(f"Expected videos [N, T, H, W, C] in {path!r}, got shape {videos.shape}.")
   return videos, ground_truth
-
-
-def _one_format(files: list[str]) -> list[str]:
-  """Files of the most common extension (save_videos writes each sample as .mp4 and .gif)."""
-  by_ext: dict[str, list[str]] = {}
-  for f in files:
-    by_ext.setdefault(os.path.splitext(f)[1].lower(), []).append(f)
-  return max(by_ext.values(), key=lambda group: (len(group), group[0].lower().endswith(".mp4")))
-
-
-def match_resolution(videos: np.ndarray, resolution: int) -> np.ndarray:
-  """Undoes an integer nearest upscale (write_mp4 enlarges small videos): [N, T, kR, kR', C] -> R.
-
-  Videos already at `resolution`, or not an integer multiple of it, are returned unchanged.
-  """
-  h, w = videos.shape[2:4]
-  if (h, w) == (resolution, resolution) or h % resolution or w % resolution or h != w:
-    return videos
-  k = h // resolution
-  return videos[:, :, k // 2::k, k // 2::k]
-
-
-def generate_samples(workdir: str, num_samples: int, *, sampler: str = "ddim", num_steps: int = 128,
-                     seed: int = 0, use_ema: bool = True, **kwargs: Any) -> tuple[np.ndarray, dict]:
-  """Samples a trained model through vdm_jax.generation.generate_from_workdir.
-
-  Returns:
-    (videos uint8 [N, T, H, W, C], protocol dict from the sampler: sampler, steps, EMA, seed,
-     checkpoint step, ...). A "ground_truth" array in that dict, if any, is left for the caller.
-
-  Raises:
-    FileNotFoundError: the workdir holds no checkpoint (the message says what to pass).
-  """
-  videos, protocol = generate_from_workdir(workdir, num_samples=num_samples, sampler=sampler,
-                                           num_steps=num_steps, seed=seed, use_ema=use_ema, **kwargs)
-  return video_io.to_uint8(np.asarray(videos)), dict(protocol)
 
 
 # ----- Real videos -----
@@ -256,14 +220,16 @@ def summary_line(metrics: Mapping[str, float], protocol: Mapping[str, Any]) -> s
   gen, real = protocol.get("generated", {}), protocol.get("real", {})
   numbers = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if not k.endswith("_mean_over_samples"))
   t, h, w, _ = gen.get("shape", (None,) * 4)
-  how = [f"{gen.get('count')} generated vs {real.get('count')} real {real.get('dataset')}/{real.get('split')}",
+  how = [f"{gen.get('count')} generated vs {real.get('count')} real "
+         f"{real.get('dataset')}/{real.get('split')}",
          f"{t} frames stride {real.get('frame_stride')} at {h}x{w}"]
   if gen.get("sampler"):
     how.append(f"{gen.get('sampler')} {gen.get('num_steps')} steps, EMA {gen.get('use_ema')}, "
                f"step {gen.get('checkpoint_step')}, seed {gen.get('seed')}")
   if protocol.get("frame_prediction"):
     fp = protocol["frame_prediction"]
-    how.append(f"prediction {fp['num_cond_frames']} -> {fp['predicted_frames']} frames, best of {fp['best_of_k']}")
+    how.append(f"prediction {fp['num_cond_frames']} -> {fp['predicted_frames']} frames, "
+               f"best of {fp['best_of_k']}")
   return f"{numbers} ({'; '.join(how)})"
 
 
@@ -357,14 +323,15 @@ def _generated(data_config: Any, samples: str | None, workdir: str | None,
     raise ValueError("Give exactly one of --samples PATH or --workdir DIR.")
   if samples is not None:
     generated, ground_truth = load_videos(samples, num_samples)
-    generated = match_resolution(generated, data_config.resolution)
+    generated = video_io.match_resolution(generated, data_config.resolution)
     gen = {"source": os.path.abspath(samples)}
   else:
     if not num_samples:
       raise ValueError("--workdir needs --num_samples N (videos to generate).")
     # As many frames as the real clips: longer than the model's clips means extension.
-    generated, gen_protocol = generate_samples(workdir, num_samples,
-                                               num_frames=data_config.num_frames, **sampling)
+    videos, gen_protocol = generate_from_workdir(workdir, num_samples=num_samples,
+                                                 num_frames=data_config.num_frames, **sampling)
+    generated = video_io.to_uint8(videos)
     ground_truth = gen_protocol.pop("ground_truth", None)
     ground_truth = None if ground_truth is None else video_io.to_uint8(np.asarray(ground_truth))
     gen = {"source": os.path.abspath(workdir), **sampling, **gen_protocol}
@@ -410,7 +377,8 @@ def _real_summary(data_config: Any, real_protocol: Mapping[str, Any], metrics: t
   if cache_dir and "fvd" in metrics:
     path = fvd_lib.stats_cache_path(cache_dir, data_config.name, data_config.eval_split, cache_protocol)
     cached = fvd_lib.load_stats(path, cache_protocol)
-    drift_ok = "colour_drift" not in metrics or cached is not None and cached.extra.get("colour_drift") is not None
+    drift_ok = "colour_drift" not in metrics or (
+        cached is not None and cached.extra.get("colour_drift") is not None)
     if cached is not None and keep_first == 0 and drift_ok:
       return RealSummary(count=cached.count, shape=tuple(cached.extra["shape"]), fvd_stats=cached,
                          colour_drift=cached.extra.get("colour_drift"), cache_hit=True)

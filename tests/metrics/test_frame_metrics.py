@@ -80,7 +80,8 @@ def test_frame_prediction_best_of_k():
 def test_colour_drift_detects_a_colour_shift():
   rng = np.random.default_rng(0)
   real = rng.uniform(-0.5, 0.5, (3, 8, 8, 8, 3)).astype(np.float32)
-  ramp = np.linspace(0, 0.7, 8, dtype=np.float32)[None, :, None, None, None] * np.array([1, 0, -1], np.float32)
+  ramp = (np.linspace(0, 0.7, 8, dtype=np.float32)[None, :, None, None, None]
+          * np.array([1, 0, -1], np.float32))
   drifting = real + ramp  # red rises, blue falls, frame by frame
   drift = np.asarray(fm.colour_drift(fm.to_unit(drifting)))
   # Each step the mean colour moves by 0.1 in [-1, 1] units on two channels: 0.05 * sqrt(2) in [0, 1].

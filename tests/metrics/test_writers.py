@@ -24,7 +24,7 @@ def test_writer_writes_events_jsonl_and_gifs(tmp_path):
     writer.write_scalars(2, {"loss": 0.25})
     writer.write_images(2, {"img": np.zeros((4, 5, 3), np.uint8)})
     paths = writer.write_videos(2, {"samples/video": np.zeros((2, 3, 4, 4, 1), np.uint8)})
-  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert lines == [{"step": 1, "loss": 0.5, "lr": 1e-3}, {"step": 2, "loss": 0.25}]
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
   assert os.path.isfile(paths["samples/video"])

@@ -23,7 +23,7 @@ def test_fsdp_shards_params_ema_and_optimizer_state(devices):
   _, _, state = create_train_state(cfg, tx, make_mesh(data=1, fsdp=8), seed=0)
   fractions = {k: _fraction_on_first_device(state[k]) for k in ("params", "ema", "opt_state")}
   # Big kernels divide by 8; small vectors replicate, so each part holds a bit more than 1/8.
-  for name, fraction in fractions.items():
+  for fraction in fractions.values():
     assert fraction < 0.2, fractions
   assert abs(fractions["opt_state"] - fractions["params"]) < 0.01, fractions
   assert state["step"].sharding.is_fully_replicated and state["rng"].sharding.is_fully_replicated

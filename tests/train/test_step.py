@@ -112,7 +112,7 @@ def test_same_trajectory_on_other_meshes(exp, devices, host_batches, reference_r
   far = []
   for name in ("params", "ema", "opt_state"):
     jax.tree_util.tree_map_with_path(
-        lambda p, a, b: None if np.allclose(a, b, rtol=1e-4, atol=1e-6) else far.append(
+        lambda p, a, b, name=name: None if np.allclose(a, b, rtol=1e-4, atol=1e-6) else far.append(
             (name + jax.tree_util.keystr(p), float(np.abs(a - b).max()), float(np.abs(b).max()))),
         state[name], reference_state[name])
   assert not far, far

@@ -116,7 +116,7 @@ class TrainIterator(Iterator[Batch]):
                   if config.prefetch else None)
     self._pending: collections.deque = collections.deque()
 
-  @functools.lru_cache(maxsize=4)
+  @functools.lru_cache(maxsize=4)  # noqa: B019  (the iterator lives as long as the run)
   def _permutation(self, epoch: int) -> np.ndarray:
     if self.config.shuffle_buffer == 0:
       return np.arange(self.num_examples)
@@ -260,7 +260,7 @@ def _eval_batches(reader: _ExampleReader, config: DataConfig, batch_size: int,
     pairs = [reader.example(i, np.random.default_rng([EVAL_SEED, i]),
                             train=False) for i in indices]
     videos = np.stack([v for v, _ in pairs])
-    labels = np.asarray([l for _, l in pairs], np.int32)
+    labels = np.asarray([label for _, label in pairs], np.int32)
     pad = batch_size - len(pairs)
     valid = np.arange(batch_size) < len(pairs)
     yield {

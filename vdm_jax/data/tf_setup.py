@@ -6,7 +6,7 @@ from vdm_jax.runtime import import_tensorflow
 
 tf = import_tensorflow()  # before TFDS, which imports TensorFlow itself
 
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow_datasets as tfds  # noqa: E402  (after TensorFlow is quiet)
 
 tfds.disable_progress_bar()
 

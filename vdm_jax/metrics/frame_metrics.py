@@ -10,13 +10,12 @@ use_sample_covariance=False, data_range=1) averaged over channels. LPIPS is Alex
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import dm_pix
 
 SSIM_FILTER_SIZE = 11
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -347,3 +348,23 @@ def list_video_files(folder: str, extensions: Iterable[str] = VIDEO_EXTENSIONS) 
   names = sorted(n for n in os.listdir(folder)
                  if n.lower().endswith(exts) and "_grid." not in n and not n.startswith("grid."))
   return [os.path.join(folder, n) for n in names]
+
+
+def one_format(files: list[str]) -> list[str]:
+  """Files of the most common extension (save_videos writes each sample as .mp4 and .gif)."""
+  by_ext: dict[str, list[str]] = {}
+  for f in files:
+    by_ext.setdefault(os.path.splitext(f)[1].lower(), []).append(f)
+  return max(by_ext.values(), key=lambda group: (len(group), group[0].lower().endswith(".mp4")))
+
+
+def match_resolution(videos: np.ndarray, resolution: int) -> np.ndarray:
+  """Undoes an integer nearest upscale (write_mp4 enlarges small videos): [N, T, kR, kR', C] -> R.
+
+  Videos already at `resolution`, or not an integer multiple of it, are returned unchanged.
+  """
+  h, w = videos.shape[2:4]
+  if (h, w) == (resolution, resolution) or h % resolution or w % resolution or h != w:
+    return videos
+  k = h // resolution
+  return videos[:, :, k // 2::k, k // 2::k]

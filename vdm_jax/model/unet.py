@@ -154,7 +154,7 @@ class UNet(nnx.Module):
     up = []
     for level in reversed(range(cfg.num_levels)):
       out = cfg.level_channels(level)
-      for j in range(cfg.num_res_blocks + 1):
+      for _ in range(cfg.num_res_blocks + 1):
         up.append(self._stage(ch + skips.pop(), out, level, rngs))
         ch = out
       if level > 0:

@@ -35,7 +35,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, config: VideoFolderConfig, **kwargs):
     self._files = video_files.find_videos(config.input_dir)
-    self._labels = sorted({l for _, l in self._files if l is not None})
+    self._labels = sorted({label for _, label in self._files if label is not None})
     self.report: video_files.DecodeReport | None = None
     super().__init__(config=config, **kwargs)
 

@@ -1,5 +1,6 @@
 """Samplers driven by exact (oracle) denoisers (MATH.md section 5)."""
 
+import decimal
 import functools
 
 import jax
@@ -134,6 +135,57 @@ def test_ddim_eta_one_is_ancestral_small_variance():
   alpha_s, sigma_s = alpha_sigma(lam_s)
   np.testing.assert_allclose(smp.ddim_update(z_t, x_hat, eps_hat, lam_t, lam_s),
                              alpha_s * x_hat + sigma_s * eps_hat, atol=1e-5)
+
+
+def _ddim_coefficients_reference(logsnr_t, logsnr_s, eta):
+  """(alpha_s, sqrt(sigma_s^2 - c^2), c) at 60 digits from the float32 log-SNRs.
+
+  The difference form itself, c^2 = eta^2 (1 - r) sigma_s^2 (docs/MATH.md section 5): float64
+  would cancel too for one step (r = e^-40 < 2^-52), so the reference uses `decimal`.
+  """
+  with decimal.localcontext() as ctx:
+    ctx.prec = 60
+    lam_t, lam_s, eta = (decimal.Decimal(float(v)) for v in (logsnr_t, logsnr_s, eta))
+    alpha2, sigma2 = 1 / (1 + (-lam_s).exp()), 1 / (1 + lam_s.exp())
+    c2 = eta**2 * (1 - (lam_t - lam_s).exp()) * sigma2
+    return np.array([float(alpha2.sqrt()), float((sigma2 - c2).sqrt()), float(c2.sqrt())])
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_ddim_coefficients_match_high_precision_reference(n, eta):
+  # ddim_update is linear in (x_hat, eps_hat, noise): read its three coefficients off it, scaling
+  # eps_hat by 1 / e_ref so that a tiny eps coefficient is not lost next to c * noise.
+  # sqrt(sigma_s^2 - c^2) in float32 gave e = 0 on the first step from noise for eta = 1 and
+  # n = 1, 2, 4 (e_ref = 9.4e-14, 3.2e-5, 1.0e-4) and 2.44e-4 for 2.24e-4 at n = 8 (9% off);
+  # the factored form matches to 3.3e-7 relative on every step.
+  rng = jax.random.key(5)
+  shape = (2, 3)
+  noise = np.asarray(jax.random.normal(rng, shape), np.float64)
+  zero = jnp.zeros(shape)
+  for i in range(n - 1, -1, -1):
+    lam_t, lam_s = smp.step_logsnrs(CosineSchedule(), n, i)
+    ref = _ddim_coefficients_reference(lam_t, lam_s, eta)
+    scale = np.float32(1.0 / ref[1])
+    update = lambda x, e: np.asarray(smp.ddim_update(zero, jnp.full(shape, x), jnp.full(shape, e),
+                                                     lam_t, lam_s, eta=eta, rng=rng), np.float64)
+    base = update(0.0, 0.0)
+    got = np.array([(update(1.0, 0.0) - base)[0, 0], (update(0.0, scale) - base)[0, 0] / scale,
+                    (base / noise)[0, 0]])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=f"step {i} of {n}, eta {eta}")
+    np.testing.assert_allclose(np.array(smp.ddim_coefficients(lam_t, lam_s, eta), np.float64),
+                               ref, rtol=1e-5, err_msg=f"step {i} of {n}, eta {eta}")
+
+
+def test_ddim_update_matches_the_reference_with_random_inputs():
+  lam_t, lam_s = smp.step_logsnrs(CosineSchedule(), 4, 3)
+  keys = jax.random.split(jax.random.key(2), 3)
+  x_hat, eps_hat = (jax.random.normal(k, (2, 4, 4, 1)) for k in keys[:2])
+  got = smp.ddim_update(jnp.zeros_like(x_hat), x_hat, eps_hat, lam_t, lam_s, eta=1.0, rng=keys[2])
+  a, e, c = _ddim_coefficients_reference(lam_t, lam_s, 1.0)
+  noise = np.asarray(jax.random.normal(keys[2], x_hat.shape), np.float64)
+  ref = a * np.asarray(x_hat, np.float64) + e * np.asarray(eps_hat, np.float64) + c * noise
+  np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
 
 
 def test_clipping_recomputes_eps():

@@ -88,24 +88,49 @@ def make_predict_fn(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array]
   return predict_fn
 
 
+def ddim_coefficients(logsnr_t: jax.Array, logsnr_s: jax.Array,
+                      eta: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Coefficients of a stochastic DDIM step t -> s: z_s = alpha_s x_hat + e eps_hat + c noise.
+
+  With r = exp(lambda_t - lambda_s) (docs/MATH.md section 5):
+    c^2 = eta^2 (1 - r) sigma_s^2,
+    e = sqrt(sigma_s^2 - c^2) = sigma_s sqrt((1 - eta^2) + eta^2 r).
+  The difference sigma_s^2 - c^2 cancels catastrophically in float32 when eta ~ 1 and r is tiny
+  (the first step from noise: r = e^-20 with two steps), giving e = 0 instead of ~3e-5; the
+  factored form has no cancellation, and 1 - r comes from expm1.
+
+  Args:
+    logsnr_t: lambda_t, the current (lower) log-SNR.
+    logsnr_s: lambda_s > lambda_t, the target log-SNR.
+    eta: DDIM stochasticity in [0, 1] (a Python float).
+
+  Returns:
+    (alpha_s, e, c): the x_hat and eps_hat coefficients and the noise standard deviation.
+  """
+  alpha_s, sigma_s = alpha_sigma(logsnr_s)
+  log_r = jnp.asarray(logsnr_t, jnp.float32) - logsnr_s
+  eps_coef = sigma_s * jnp.sqrt((1.0 - eta**2) + eta**2 * jnp.exp(log_r))
+  noise_std = eta * sigma_s * jnp.sqrt(-jnp.expm1(log_r))
+  return alpha_s, eps_coef, noise_std
+
+
 def ddim_update(z_t: jax.Array, x_hat: jax.Array, eps_hat: jax.Array, logsnr_t: jax.Array,
                 logsnr_s: jax.Array, *, eta: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
   """One DDIM step t -> s.
 
   eta = 0: the angular form z_s = cos(phi_s - phi_t) z_t + sin(phi_s - phi_t) v_hat with v_hat from
   (x_hat, eps_hat), which equals alpha_s x_hat + sigma_s eps_hat (also when x_hat was clipped).
-  eta > 0: z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise, c^2 = eta^2 (1 - r) sigma_s^2.
+  eta > 0: z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise,
+  c^2 = eta^2 (1 - r) sigma_s^2, with the coefficients from `ddim_coefficients`.
   """
   alpha_t, sigma_t = alpha_sigma(logsnr_t)
   if eta == 0.0:
     delta = angle_from_logsnr(logsnr_s) - angle_from_logsnr(logsnr_t)
     v_hat = param.v_from_x_eps(x_hat, eps_hat, alpha_t, sigma_t)
     return jnp.cos(delta) * z_t + jnp.sin(delta) * v_hat
-  alpha_s, sigma_s = alpha_sigma(logsnr_s)
-  one_minus_r = -jnp.expm1(logsnr_t - logsnr_s)
-  c2 = eta**2 * one_minus_r * sigma_s**2
+  x_coef, eps_coef, noise_std = ddim_coefficients(logsnr_t, logsnr_s, eta)
   noise = jax.random.normal(rng, z_t.shape, z_t.dtype)
-  return alpha_s * x_hat + jnp.sqrt(sigma_s**2 - c2) * eps_hat + jnp.sqrt(c2) * noise
+  return x_coef * x_hat + eps_coef * eps_hat + noise_std * noise
 
 
 def ancestral_update(z_t: jax.Array, x_hat: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,

@@ -241,6 +241,67 @@ def test_chunked_loop_equals_whole_loop():
   np.testing.assert_allclose(part, whole, atol=1e-6)
 
 
+def _counting_denoise_fn(calls):
+  """0.2 z, counting its executions (not its traces) with a debug callback."""
+
+  def denoise_fn(z, logsnr, cond):
+    jax.debug.callback(lambda: calls.append(1))
+    return 0.2 * z
+
+  return denoise_fn
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+@pytest.mark.parametrize("n,k", [(1, 2), (5, 3)])
+def test_corrector_does_not_run_after_the_last_step(sampler, n, k):
+  # The last step returns x_hat, so correcting its z_s only wasted k denoiser calls: a run costs
+  # N + (N - 1) k calls, not N + N k.
+  calls = []
+  cfg = smp.SamplerConfig(sampler, num_steps=n, eta=0.5, corrector_steps=k)
+  denoise_fn = _counting_denoise_fn(calls)
+  run = jax.jit(lambda rng: smp.sample(denoise_fn, rng, (2, 2, 3, 3, 1), config=cfg))
+  run(jax.random.key(0)).block_until_ready()
+  jax.effects_barrier()
+  assert len(calls) == n + (n - 1) * k
+
+
+def _reference_loop(predict_fn, z, rng, schedule, cfg):
+  """The predictor-corrector loop written out step by step, correcting every step (also the last).
+
+  Returns the state before the last step and the final x_hat.
+  """
+  n = cfg.num_steps
+  for i in range(n - 1, -1, -1):
+    logsnr_t, logsnr_s = smp.step_logsnrs(schedule, n, i)
+    rng_step, rng_corr = jax.random.split(jax.random.fold_in(rng, i))
+    x_hat, eps_hat = predict_fn(z, logsnr_t)
+    if i == 0:
+      return z, x_hat
+    if cfg.sampler == "ddim":
+      z = smp.ddim_update(z, x_hat, eps_hat, logsnr_t, logsnr_s, eta=cfg.eta, rng=rng_step)
+    else:
+      z = smp.ancestral_update(z, x_hat, logsnr_t, logsnr_s, gamma=cfg.gamma, rng=rng_step)
+    z = smp.langevin_corrector(predict_fn, z, logsnr_s, rng_corr, num_steps=cfg.corrector_steps,
+                               delta=cfg.corrector_delta)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_skipping_the_last_corrector_keeps_the_samples(sampler):
+  n = 6
+  cfg = smp.SamplerConfig(sampler, num_steps=n, eta=0.7, gamma=0.2, corrector_steps=2)
+  schedule = CosineSchedule()
+  predict_fn = smp.make_predict_fn(oracle_for_x_fn(lambda z, a, s: jnp.tanh(z) * a, "v"), None)
+  z = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, 1))
+  rng = jax.random.key(1)
+  z_before_last, x_last = _reference_loop(predict_fn, z, rng, schedule, cfg)
+  loop = jax.jit(lambda z, a, b: smp.sample_loop(predict_fn, z, rng, schedule=schedule, config=cfg,
+                                                 start=a, stop=b))
+  z_mid = loop(z, 0, n - 1)
+  np.testing.assert_allclose(z_mid, z_before_last, atol=1e-5)
+  np.testing.assert_allclose(loop(z_mid, n - 1, n), x_last, atol=1e-5)
+  np.testing.assert_allclose(loop(z, 0, n), x_last, atol=1e-5)
+
+
 def test_bad_sampler_config_raises():
   with pytest.raises(ValueError, match="unknown sampler"):
     smp.SamplerConfig("euler")

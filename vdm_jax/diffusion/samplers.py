@@ -162,17 +162,38 @@ def langevin_corrector(predict_fn: PredictFn, z_s: jax.Array, logsnr_s: jax.Arra
 
 def sampler_step(predict_fn: PredictFn, z_t: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,
                  rng: jax.Array, config: SamplerConfig, is_last: jax.Array) -> jax.Array:
-  """One update t -> s; returns x_hat instead of z_s when `is_last` (a traced bool)."""
+  """One update t -> s (docs/MATH.md section 5); returns x_hat instead of z_s when `is_last`.
+
+  The Langevin corrector runs only when not `is_last`: the last step discards z_s, so its
+  `corrector_steps` denoiser calls would be wasted. A `lax.cond` skips them at run time with
+  `is_last` traced (inside `vmap`, cond becomes a select and both branches run again).
+
+  Args:
+    predict_fn: (z, logsnr) -> (x_hat, eps_hat).
+    z_t: the current latent.
+    logsnr_t: lambda_t of `z_t`.
+    logsnr_s: lambda_s > lambda_t of the step's target.
+    rng: this step's key (split into the update's and the corrector's).
+    config: the sampler.
+    is_last: bool, possibly traced: this is the final step.
+
+  Returns:
+    z_s, or x_hat when `is_last`.
+  """
   rng_step, rng_corr = jax.random.split(rng)
   x_hat, eps_hat = predict_fn(z_t, logsnr_t)
   if config.sampler == "ddim":
     z_s = ddim_update(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, eta=config.eta, rng=rng_step)
   else:
     z_s = ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, gamma=config.gamma, rng=rng_step)
-  if config.corrector_steps:
-    z_s = langevin_corrector(predict_fn, z_s, logsnr_s, rng_corr, num_steps=config.corrector_steps,
-                             delta=config.corrector_delta)
-  return jnp.where(is_last, x_hat, z_s)
+  if not config.corrector_steps:
+    return jnp.where(is_last, x_hat, z_s)
+
+  def correct():
+    return langevin_corrector(predict_fn, z_s, logsnr_s, rng_corr,
+                              num_steps=config.corrector_steps, delta=config.corrector_delta)
+
+  return jax.lax.cond(is_last, lambda: x_hat.astype(z_s.dtype), correct)
 
 
 def step_logsnrs(schedule: CosineSchedule, num_steps: int,

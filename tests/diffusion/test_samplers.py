@@ -302,6 +302,26 @@ def test_skipping_the_last_corrector_keeps_the_samples(sampler):
   np.testing.assert_allclose(loop(z, 0, n), x_last, atol=1e-5)
 
 
+def test_post_step_fn_gets_its_own_rng_stream():
+  # Pinned: the post-step stream's offset is part of the samples' identity.
+  assert smp.POST_STEP_STREAM == 7919
+  seen = {}
+
+  def post_step_fn(z, logsnr_s, rng, is_last):
+    jax.debug.callback(lambda i, k: seen.__setitem__(int(i), np.asarray(k)),
+                       jnp.round(logsnr_s).astype(jnp.int32), jax.random.key_data(rng))
+    return z
+
+  rng = jax.random.key(3)
+  predict_fn = smp.make_predict_fn(lambda z, l, c: 0.1 * z, None)
+  smp.sample_loop(predict_fn, jnp.zeros((1, 2)), rng, schedule=CosineSchedule(),
+                  config=smp.SamplerConfig(num_steps=2), post_step_fn=post_step_fn)
+  jax.effects_barrier()
+  for i, logsnr_s in enumerate((20, 0)):  # step i ends at u_i = i / 2
+    want = jax.random.fold_in(jax.random.fold_in(rng, i), smp.POST_STEP_STREAM)
+    np.testing.assert_array_equal(seen[logsnr_s], jax.random.key_data(want))
+
+
 def test_bad_sampler_config_raises():
   with pytest.raises(ValueError, match="unknown sampler"):
     smp.SamplerConfig("euler")

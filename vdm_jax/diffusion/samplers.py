@@ -27,6 +27,10 @@ from vdm_jax.diffusion.schedule import CosineSchedule, alpha_sigma, angle_from_l
 PredictFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 PostStepFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 SAMPLERS = ("ddim", "ancestral")
+# Step i's key is fold_in(rng, i); it is split into the update's and the corrector's keys, and
+# post_step_fn gets fold_in(step key, POST_STEP_STREAM), a separate stream (a prime far from any
+# step or corrector index). Changing it changes every sample drawn with a post_step_fn.
+POST_STEP_STREAM = 7919
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +225,7 @@ def sample_loop(predict_fn: PredictFn, z: jax.Array, rng: jax.Array, *, schedule
     is_last = i == 0
     z = sampler_step(predict_fn, z, logsnr_t, logsnr_s, step_rng, config, is_last)
     if post_step_fn is not None:
-      z = post_step_fn(z, logsnr_s, jax.random.fold_in(step_rng, 7919), is_last)
+      z = post_step_fn(z, logsnr_s, jax.random.fold_in(step_rng, POST_STEP_STREAM), is_last)
     return z
 
   return jax.lax.fori_loop(start, stop, body, z)

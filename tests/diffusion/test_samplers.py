@@ -1,4 +1,4 @@
-"""Samplers driven by exact (oracle) denoisers (MATH.md section 5)."""
+"""Samplers driven by exact (oracle) denoisers (docs/MATH.md section 5)."""
 
 import decimal
 import functools

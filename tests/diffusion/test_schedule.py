@@ -1,4 +1,4 @@
-"""Identities of the truncated cosine schedule (MATH.md sections 1-2)."""
+"""Identities of the truncated cosine schedule (docs/MATH.md sections 1-2)."""
 
 import math
 

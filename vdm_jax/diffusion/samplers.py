@@ -1,4 +1,4 @@
-"""DDIM and ancestral samplers as pure functions of a denoiser (MATH.md section 5).
+"""DDIM and ancestral samplers as pure functions of a denoiser (docs/MATH.md section 5).
 
 Grid u_i = i / N; each step goes from t = u_{i+1} to s = u_i, i = N-1 ... 0; the last step returns x_hat.
 The whole loop is one `lax.fori_loop`, so N is a compile-time constant, the body is traced once, and a

@@ -1,6 +1,6 @@
 """The truncated continuous cosine schedule in log-SNR, its angle, shifts and training-time sampling.
 
-MATH.md sections 1-2 (VDM; progressive distillation, Salimans & Ho 2022):
+docs/MATH.md sections 1-2 (VDM; progressive distillation, Salimans & Ho 2022):
 
     b = arctan(exp(-lambda_max / 2)),  a = arctan(exp(-lambda_min / 2)) - b
     lambda(u) = -2 log tan(a u + b),   u in [0, 1]
@@ -95,7 +95,10 @@ class CosineSchedule:
 
 
 def resolution_shift(size: int, reference_size: int = 64) -> float:
-  """Simple diffusion's log-SNR shift 2 log(d_ref / d) for a spatial size d (MATH.md section 2)."""
+  """Simple diffusion's log-SNR shift 2 log(d_ref / d) for a spatial size d.
+
+  See docs/MATH.md section 2.
+  """
   if size <= 0 or reference_size <= 0:
     raise ValueError(f"sizes must be positive, got size={size}, reference_size={reference_size}")
   return 2.0 * math.log(reference_size / size)

@@ -1,4 +1,4 @@
-"""Classifier-free and reconstruction guidance (MATH.md section 6)."""
+"""Classifier-free and reconstruction guidance (docs/MATH.md section 6)."""
 
 import functools
 

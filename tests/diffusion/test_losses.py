@@ -1,4 +1,4 @@
-"""Loss weightings (MATH.md section 4) and the diffusion loss."""
+"""Loss weightings (docs/MATH.md section 4) and the diffusion loss."""
 
 import jax
 import jax.numpy as jnp

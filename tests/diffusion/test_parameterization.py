@@ -1,4 +1,4 @@
-"""Conversions between v, eps and x (MATH.md section 3)."""
+"""Conversions between v, eps and x (docs/MATH.md section 3)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,6 @@
-"""Samplers driven by exact (oracle) denoisers (MATH.md section 5)."""
+"""Samplers driven by exact (oracle) denoisers (docs/MATH.md section 5)."""
 
+import decimal
 import functools
 
 import jax
@@ -136,6 +137,57 @@ def test_ddim_eta_one_is_ancestral_small_variance():
                              alpha_s * x_hat + sigma_s * eps_hat, atol=1e-5)
 
 
+def _ddim_coefficients_reference(logsnr_t, logsnr_s, eta):
+  """(alpha_s, sqrt(sigma_s^2 - c^2), c) at 60 digits from the float32 log-SNRs.
+
+  The difference form itself, c^2 = eta^2 (1 - r) sigma_s^2 (docs/MATH.md section 5): float64
+  would cancel too for one step (r = e^-40 < 2^-52), so the reference uses `decimal`.
+  """
+  with decimal.localcontext() as ctx:
+    ctx.prec = 60
+    lam_t, lam_s, eta = (decimal.Decimal(float(v)) for v in (logsnr_t, logsnr_s, eta))
+    alpha2, sigma2 = 1 / (1 + (-lam_s).exp()), 1 / (1 + lam_s.exp())
+    c2 = eta**2 * (1 - (lam_t - lam_s).exp()) * sigma2
+    return np.array([float(alpha2.sqrt()), float((sigma2 - c2).sqrt()), float(c2.sqrt())])
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_ddim_coefficients_match_high_precision_reference(n, eta):
+  # ddim_update is linear in (x_hat, eps_hat, noise): read its three coefficients off it, scaling
+  # eps_hat by 1 / e_ref so that a tiny eps coefficient is not lost next to c * noise.
+  # sqrt(sigma_s^2 - c^2) in float32 gave e = 0 on the first step from noise for eta = 1 and
+  # n = 1, 2, 4 (e_ref = 9.4e-14, 3.2e-5, 1.0e-4) and 2.44e-4 for 2.24e-4 at n = 8 (9% off);
+  # the factored form matches to 3.3e-7 relative on every step.
+  rng = jax.random.key(5)
+  shape = (2, 3)
+  noise = np.asarray(jax.random.normal(rng, shape), np.float64)
+  zero = jnp.zeros(shape)
+  for i in range(n - 1, -1, -1):
+    lam_t, lam_s = smp.step_logsnrs(CosineSchedule(), n, i)
+    ref = _ddim_coefficients_reference(lam_t, lam_s, eta)
+    scale = np.float32(1.0 / ref[1])
+    update = lambda x, e: np.asarray(smp.ddim_update(zero, jnp.full(shape, x), jnp.full(shape, e),
+                                                     lam_t, lam_s, eta=eta, rng=rng), np.float64)
+    base = update(0.0, 0.0)
+    got = np.array([(update(1.0, 0.0) - base)[0, 0], (update(0.0, scale) - base)[0, 0] / scale,
+                    (base / noise)[0, 0]])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=f"step {i} of {n}, eta {eta}")
+    np.testing.assert_allclose(np.array(smp.ddim_coefficients(lam_t, lam_s, eta), np.float64),
+                               ref, rtol=1e-5, err_msg=f"step {i} of {n}, eta {eta}")
+
+
+def test_ddim_update_matches_the_reference_with_random_inputs():
+  lam_t, lam_s = smp.step_logsnrs(CosineSchedule(), 4, 3)
+  keys = jax.random.split(jax.random.key(2), 3)
+  x_hat, eps_hat = (jax.random.normal(k, (2, 4, 4, 1)) for k in keys[:2])
+  got = smp.ddim_update(jnp.zeros_like(x_hat), x_hat, eps_hat, lam_t, lam_s, eta=1.0, rng=keys[2])
+  a, e, c = _ddim_coefficients_reference(lam_t, lam_s, 1.0)
+  noise = np.asarray(jax.random.normal(keys[2], x_hat.shape), np.float64)
+  ref = a * np.asarray(x_hat, np.float64) + e * np.asarray(eps_hat, np.float64) + c * noise
+  np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
 def test_clipping_recomputes_eps():
   z = jnp.array([[3.0, -0.2]])
   alpha, sigma = alpha_sigma(jnp.array([0.5]))
@@ -187,6 +239,87 @@ def test_chunked_loop_equals_whole_loop():
   for a in range(0, 10, 4):
     part = chunk(part, a, min(a + 4, 10))
   np.testing.assert_allclose(part, whole, atol=1e-6)
+
+
+def _counting_denoise_fn(calls):
+  """0.2 z, counting its executions (not its traces) with a debug callback."""
+
+  def denoise_fn(z, logsnr, cond):
+    jax.debug.callback(lambda: calls.append(1))
+    return 0.2 * z
+
+  return denoise_fn
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+@pytest.mark.parametrize("n,k", [(1, 2), (5, 3)])
+def test_corrector_does_not_run_after_the_last_step(sampler, n, k):
+  # The last step returns x_hat, so correcting its z_s only wasted k denoiser calls: a run costs
+  # N + (N - 1) k calls, not N + N k.
+  calls = []
+  cfg = smp.SamplerConfig(sampler, num_steps=n, eta=0.5, corrector_steps=k)
+  denoise_fn = _counting_denoise_fn(calls)
+  run = jax.jit(lambda rng: smp.sample(denoise_fn, rng, (2, 2, 3, 3, 1), config=cfg))
+  run(jax.random.key(0)).block_until_ready()
+  jax.effects_barrier()
+  assert len(calls) == n + (n - 1) * k
+
+
+def _reference_loop(predict_fn, z, rng, schedule, cfg):
+  """The predictor-corrector loop written out step by step, correcting every step (also the last).
+
+  Returns the state before the last step and the final x_hat.
+  """
+  n = cfg.num_steps
+  for i in range(n - 1, -1, -1):
+    logsnr_t, logsnr_s = smp.step_logsnrs(schedule, n, i)
+    rng_step, rng_corr = jax.random.split(jax.random.fold_in(rng, i))
+    x_hat, eps_hat = predict_fn(z, logsnr_t)
+    if i == 0:
+      return z, x_hat
+    if cfg.sampler == "ddim":
+      z = smp.ddim_update(z, x_hat, eps_hat, logsnr_t, logsnr_s, eta=cfg.eta, rng=rng_step)
+    else:
+      z = smp.ancestral_update(z, x_hat, logsnr_t, logsnr_s, gamma=cfg.gamma, rng=rng_step)
+    z = smp.langevin_corrector(predict_fn, z, logsnr_s, rng_corr, num_steps=cfg.corrector_steps,
+                               delta=cfg.corrector_delta)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_skipping_the_last_corrector_keeps_the_samples(sampler):
+  n = 6
+  cfg = smp.SamplerConfig(sampler, num_steps=n, eta=0.7, gamma=0.2, corrector_steps=2)
+  schedule = CosineSchedule()
+  predict_fn = smp.make_predict_fn(oracle_for_x_fn(lambda z, a, s: jnp.tanh(z) * a, "v"), None)
+  z = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, 1))
+  rng = jax.random.key(1)
+  z_before_last, x_last = _reference_loop(predict_fn, z, rng, schedule, cfg)
+  loop = jax.jit(lambda z, a, b: smp.sample_loop(predict_fn, z, rng, schedule=schedule, config=cfg,
+                                                 start=a, stop=b))
+  z_mid = loop(z, 0, n - 1)
+  np.testing.assert_allclose(z_mid, z_before_last, atol=1e-5)
+  np.testing.assert_allclose(loop(z_mid, n - 1, n), x_last, atol=1e-5)
+  np.testing.assert_allclose(loop(z, 0, n), x_last, atol=1e-5)
+
+
+def test_post_step_fn_gets_its_own_rng_stream():
+  # Pinned: the post-step stream's offset is part of the samples' identity.
+  assert smp.POST_STEP_STREAM == 7919
+  seen = {}
+
+  def post_step_fn(z, logsnr_s, rng, is_last):
+    jax.debug.callback(lambda i, k: seen.__setitem__(int(i), np.asarray(k)),
+                       jnp.round(logsnr_s).astype(jnp.int32), jax.random.key_data(rng))
+    return z
+
+  rng = jax.random.key(3)
+  predict_fn = smp.make_predict_fn(lambda z, l, c: 0.1 * z, None)
+  smp.sample_loop(predict_fn, jnp.zeros((1, 2)), rng, schedule=CosineSchedule(),
+                  config=smp.SamplerConfig(num_steps=2), post_step_fn=post_step_fn)
+  jax.effects_barrier()
+  for i, logsnr_s in enumerate((20, 0)):  # step i ends at u_i = i / 2
+    want = jax.random.fold_in(jax.random.fold_in(rng, i), smp.POST_STEP_STREAM)
+    np.testing.assert_array_equal(seen[logsnr_s], jax.random.key_data(want))
 
 
 def test_bad_sampler_config_raises():

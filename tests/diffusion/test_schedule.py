@@ -1,4 +1,4 @@
-"""Identities of the truncated cosine schedule (MATH.md sections 1-2)."""
+"""Identities of the truncated cosine schedule (docs/MATH.md sections 1-2)."""
 
 import math
 
@@ -33,14 +33,46 @@ def test_alpha_sigma_unit_circle_and_angle_linear_in_u():
   np.testing.assert_allclose(phi, a * np.asarray(u) + b, atol=2e-6)
 
 
-def test_logsnr_matches_closed_form_in_float64():
-  u = np.linspace(0.0, 1.0, 33)
-  b = np.arctan(np.exp(-10.0))
-  a = np.arctan(np.exp(10.0)) - b
-  ref = -2.0 * np.log(np.tan(a * u + b))
-  got = np.asarray(sch.CosineSchedule().logsnr(jnp.asarray(u, jnp.float32)))
-  # float32 tan near pi/2 limits precision at u -> 1 (relative 1e-4 of |lambda| = 20).
-  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+def _logsnr_float64(s, u):
+  """-2 log tan(a u + b) + shift in float64 (docs/MATH.md section 2)."""
+  b = math.atan(math.exp(-0.5 * s.logsnr_max))
+  a = math.atan(math.exp(-0.5 * s.logsnr_min)) - b
+  return -2.0 * np.log(np.tan(a * np.asarray(u, np.float64) + b)) + s.shift
+
+
+_SCHEDULES = [sch.CosineSchedule(),
+              sch.CosineSchedule(-15.0, 12.0, shift=sch.resolution_shift(128))]
+
+
+@pytest.mark.parametrize("s", _SCHEDULES, ids=["default", "asymmetric_shifted"])
+def test_logsnr_matches_float64_reference_up_to_float32_rounding(s):
+  # Dense grid holding 0, 1/2 and 1 exactly; the reference is evaluated at the same float32 u.
+  # float32 tan(a u + b) near pi/2 was off by 1.1e-3 at u = 1 (default schedule, 5.5e-5 of
+  # max(1, |lambda|)) and 8.4e-5 near u = 1 (asymmetric); the complementary angle reaches
+  # ~1e-6 absolute, 3.3e-7 of max(1, |lambda|): float32 rounding of |lambda| <= 20.
+  u = np.linspace(0.0, 1.0, 4097, dtype=np.float32)
+  assert u[0] == 0.0 and u[2048] == 0.5 and u[-1] == 1.0
+  ref = _logsnr_float64(s, u)
+  got = np.asarray(s.logsnr(jnp.asarray(u)), np.float64)
+  rel_err = np.abs(got - ref) / np.maximum(1.0, np.abs(ref))
+  assert rel_err.max() < 1e-6, (rel_err.max(), u[rel_err.argmax()])
+  lo, hi = s.logsnr_bounds
+  np.testing.assert_allclose(got[[0, -1]], [hi, lo], atol=4e-6)
+  # time_from_logsnr still inverts it over the whole grid, endpoints included.
+  np.testing.assert_allclose(s.time_from_logsnr(jnp.asarray(got, jnp.float32)), u, atol=2e-7)
+
+
+def test_logsnr_is_accurate_traced_jitted_and_for_any_shape():
+  s = _SCHEDULES[1]
+  u = jax.random.uniform(jax.random.key(0), (3, 5, 7))
+  u = u.at[0, 0, :3].set(jnp.array([0.0, 0.5, 1.0]))
+  ref = _logsnr_float64(s, np.asarray(u))
+  for fn in (s.logsnr, jax.jit(s.logsnr), jax.vmap(s.logsnr)):
+    got = fn(u)
+    assert got.shape == u.shape and got.dtype == jnp.float32
+    rel_err = np.abs(np.asarray(got, np.float64) - ref) / np.maximum(1.0, np.abs(ref))
+    assert rel_err.max() < 1e-6, rel_err.max()
+  assert s.logsnr(0.75).shape == ()
 
 
 def test_inverse_round_trip_with_shift():

@@ -9,19 +9,19 @@ from vdm_jax.diffusion.guidance import (classifier_free_guidance, frame_guidance
 from vdm_jax.diffusion.losses import WEIGHTINGS, diffusion_loss, log_weight
 from vdm_jax.diffusion.parameterization import (PREDICTIONS, eps_from_v, eps_from_x, to_x_eps,
                                                 target_for, v_from_x_eps, x_from_eps, x_from_v)
-from vdm_jax.diffusion.samplers import (SAMPLERS, SamplerConfig, ancestral_update, ddim_update,
-                                        initial_noise, make_predict_fn, sample, sample_loop,
-                                        sampler_step)
+from vdm_jax.diffusion.samplers import (SAMPLERS, SamplerConfig, ancestral_update,
+                                        ddim_coefficients, ddim_update, initial_noise,
+                                        make_predict_fn, sample, sample_loop, sampler_step)
 from vdm_jax.diffusion.schedule import (CosineSchedule, alpha_sigma, angle_from_logsnr,
                                         noise_level_from_logsnr, resolution_shift,
                                         sample_training_logsnr, sample_times)
 
 __all__ = [
-    "CosineSchedule", "DiffusionConfig", "PREDICTIONS", "SAMPLERS", "SamplerConfig", "WEIGHTINGS", "alpha_sigma",
-    "ancestral_update", "angle_from_logsnr", "classifier_free_guidance", "ddim_update",
-    "diffusion_loss", "eps_from_v", "eps_from_x", "frame_guidance_weights", "initial_noise",
-    "log_weight", "make_predict_fn", "noise_level_from_logsnr", "reconstruction_guidance",
-    "replace_known_frames", "resolution_shift", "sample", "sample_loop", "sample_training_logsnr",
-    "sample_times", "sampler_step", "target_for", "to_x_eps", "v_from_x_eps", "x_from_eps",
-    "x_from_v",
+    "CosineSchedule", "DiffusionConfig", "PREDICTIONS", "SAMPLERS", "SamplerConfig", "WEIGHTINGS",
+    "alpha_sigma", "ancestral_update", "angle_from_logsnr", "classifier_free_guidance",
+    "ddim_coefficients", "ddim_update", "diffusion_loss", "eps_from_v", "eps_from_x",
+    "frame_guidance_weights", "initial_noise", "log_weight", "make_predict_fn",
+    "noise_level_from_logsnr", "reconstruction_guidance", "replace_known_frames",
+    "resolution_shift", "sample", "sample_loop", "sample_training_logsnr", "sample_times",
+    "sampler_step", "target_for", "to_x_eps", "v_from_x_eps", "x_from_eps", "x_from_v",
 ]

@@ -1,4 +1,4 @@
-"""Classifier-free guidance and reconstruction guidance (MATH.md section 6).
+"""Classifier-free guidance and reconstruction guidance (docs/MATH.md section 6).
 
 Classifier-free (Ho & Salimans 2022): pred = (1 + w) pred_c - w pred_u, the conditional and unconditional
 halves evaluated in one batched call. w may vary over frames (SVD-style rising guidance).

@@ -1,4 +1,4 @@
-"""The diffusion training loss for any denoise_fn (MATH.md section 4).
+"""The diffusion training loss for any denoise_fn (docs/MATH.md section 4).
 
 Every weighting is written as a weight w(lambda) on the x-space error ||x - x_hat||^2:
 

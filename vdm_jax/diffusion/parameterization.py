@@ -1,4 +1,4 @@
-"""Conversions between x, eps and v predictions (MATH.md section 3).
+"""Conversions between x, eps and v predictions (docs/MATH.md section 3).
 
 With z = alpha x + sigma eps and alpha^2 + sigma^2 = 1:
 

@@ -1,4 +1,4 @@
-"""DDIM and ancestral samplers as pure functions of a denoiser (MATH.md section 5).
+"""DDIM and ancestral samplers as pure functions of a denoiser (docs/MATH.md section 5).
 
 Grid u_i = i / N; each step goes from t = u_{i+1} to s = u_i, i = N-1 ... 0; the last step returns x_hat.
 The whole loop is one `lax.fori_loop`, so N is a compile-time constant, the body is traced once, and a
@@ -27,6 +27,10 @@ from vdm_jax.diffusion.schedule import CosineSchedule, alpha_sigma, angle_from_l
 PredictFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 PostStepFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 SAMPLERS = ("ddim", "ancestral")
+# Step i's key is fold_in(rng, i); it is split into the update's and the corrector's keys, and
+# post_step_fn gets fold_in(step key, POST_STEP_STREAM), a separate stream (a prime far from any
+# step or corrector index). Changing it changes every sample drawn with a post_step_fn.
+POST_STEP_STREAM = 7919
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,24 +92,49 @@ def make_predict_fn(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array]
   return predict_fn
 
 
+def ddim_coefficients(logsnr_t: jax.Array, logsnr_s: jax.Array,
+                      eta: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Coefficients of a stochastic DDIM step t -> s: z_s = alpha_s x_hat + e eps_hat + c noise.
+
+  With r = exp(lambda_t - lambda_s) (docs/MATH.md section 5):
+    c^2 = eta^2 (1 - r) sigma_s^2,
+    e = sqrt(sigma_s^2 - c^2) = sigma_s sqrt((1 - eta^2) + eta^2 r).
+  The difference sigma_s^2 - c^2 cancels catastrophically in float32 when eta ~ 1 and r is tiny
+  (the first step from noise: r = e^-20 with two steps), giving e = 0 instead of ~3e-5; the
+  factored form has no cancellation, and 1 - r comes from expm1.
+
+  Args:
+    logsnr_t: lambda_t, the current (lower) log-SNR.
+    logsnr_s: lambda_s > lambda_t, the target log-SNR.
+    eta: DDIM stochasticity in [0, 1] (a Python float).
+
+  Returns:
+    (alpha_s, e, c): the x_hat and eps_hat coefficients and the noise standard deviation.
+  """
+  alpha_s, sigma_s = alpha_sigma(logsnr_s)
+  log_r = jnp.asarray(logsnr_t, jnp.float32) - logsnr_s
+  eps_coef = sigma_s * jnp.sqrt((1.0 - eta**2) + eta**2 * jnp.exp(log_r))
+  noise_std = eta * sigma_s * jnp.sqrt(-jnp.expm1(log_r))
+  return alpha_s, eps_coef, noise_std
+
+
 def ddim_update(z_t: jax.Array, x_hat: jax.Array, eps_hat: jax.Array, logsnr_t: jax.Array,
                 logsnr_s: jax.Array, *, eta: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
   """One DDIM step t -> s.
 
   eta = 0: the angular form z_s = cos(phi_s - phi_t) z_t + sin(phi_s - phi_t) v_hat with v_hat from
   (x_hat, eps_hat), which equals alpha_s x_hat + sigma_s eps_hat (also when x_hat was clipped).
-  eta > 0: z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise, c^2 = eta^2 (1 - r) sigma_s^2.
+  eta > 0: z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise,
+  c^2 = eta^2 (1 - r) sigma_s^2, with the coefficients from `ddim_coefficients`.
   """
   alpha_t, sigma_t = alpha_sigma(logsnr_t)
   if eta == 0.0:
     delta = angle_from_logsnr(logsnr_s) - angle_from_logsnr(logsnr_t)
     v_hat = param.v_from_x_eps(x_hat, eps_hat, alpha_t, sigma_t)
     return jnp.cos(delta) * z_t + jnp.sin(delta) * v_hat
-  alpha_s, sigma_s = alpha_sigma(logsnr_s)
-  one_minus_r = -jnp.expm1(logsnr_t - logsnr_s)
-  c2 = eta**2 * one_minus_r * sigma_s**2
+  x_coef, eps_coef, noise_std = ddim_coefficients(logsnr_t, logsnr_s, eta)
   noise = jax.random.normal(rng, z_t.shape, z_t.dtype)
-  return alpha_s * x_hat + jnp.sqrt(sigma_s**2 - c2) * eps_hat + jnp.sqrt(c2) * noise
+  return x_coef * x_hat + eps_coef * eps_hat + noise_std * noise
 
 
 def ancestral_update(z_t: jax.Array, x_hat: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,
@@ -137,17 +166,38 @@ def langevin_corrector(predict_fn: PredictFn, z_s: jax.Array, logsnr_s: jax.Arra
 
 def sampler_step(predict_fn: PredictFn, z_t: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,
                  rng: jax.Array, config: SamplerConfig, is_last: jax.Array) -> jax.Array:
-  """One update t -> s; returns x_hat instead of z_s when `is_last` (a traced bool)."""
+  """One update t -> s (docs/MATH.md section 5); returns x_hat instead of z_s when `is_last`.
+
+  The Langevin corrector runs only when not `is_last`: the last step discards z_s, so its
+  `corrector_steps` denoiser calls would be wasted. A `lax.cond` skips them at run time with
+  `is_last` traced (inside `vmap`, cond becomes a select and both branches run again).
+
+  Args:
+    predict_fn: (z, logsnr) -> (x_hat, eps_hat).
+    z_t: the current latent.
+    logsnr_t: lambda_t of `z_t`.
+    logsnr_s: lambda_s > lambda_t of the step's target.
+    rng: this step's key (split into the update's and the corrector's).
+    config: the sampler.
+    is_last: bool, possibly traced: this is the final step.
+
+  Returns:
+    z_s, or x_hat when `is_last`.
+  """
   rng_step, rng_corr = jax.random.split(rng)
   x_hat, eps_hat = predict_fn(z_t, logsnr_t)
   if config.sampler == "ddim":
     z_s = ddim_update(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, eta=config.eta, rng=rng_step)
   else:
     z_s = ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, gamma=config.gamma, rng=rng_step)
-  if config.corrector_steps:
-    z_s = langevin_corrector(predict_fn, z_s, logsnr_s, rng_corr, num_steps=config.corrector_steps,
-                             delta=config.corrector_delta)
-  return jnp.where(is_last, x_hat, z_s)
+  if not config.corrector_steps:
+    return jnp.where(is_last, x_hat, z_s)
+
+  def correct():
+    return langevin_corrector(predict_fn, z_s, logsnr_s, rng_corr,
+                              num_steps=config.corrector_steps, delta=config.corrector_delta)
+
+  return jax.lax.cond(is_last, lambda: x_hat.astype(z_s.dtype), correct)
 
 
 def step_logsnrs(schedule: CosineSchedule, num_steps: int,
@@ -175,7 +225,7 @@ def sample_loop(predict_fn: PredictFn, z: jax.Array, rng: jax.Array, *, schedule
     is_last = i == 0
     z = sampler_step(predict_fn, z, logsnr_t, logsnr_s, step_rng, config, is_last)
     if post_step_fn is not None:
-      z = post_step_fn(z, logsnr_s, jax.random.fold_in(step_rng, 7919), is_last)
+      z = post_step_fn(z, logsnr_s, jax.random.fold_in(step_rng, POST_STEP_STREAM), is_last)
     return z
 
   return jax.lax.fori_loop(start, stop, body, z)

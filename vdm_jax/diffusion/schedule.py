@@ -1,6 +1,6 @@
 """The truncated continuous cosine schedule in log-SNR, its angle, shifts and training-time sampling.
 
-MATH.md sections 1-2 (VDM; progressive distillation, Salimans & Ho 2022):
+docs/MATH.md sections 1-2 (VDM; progressive distillation, Salimans & Ho 2022):
 
     b = arctan(exp(-lambda_max / 2)),  a = arctan(exp(-lambda_min / 2)) - b
     lambda(u) = -2 log tan(a u + b),   u in [0, 1]
@@ -53,13 +53,35 @@ class CosineSchedule:
   def _a(self) -> float:
     return math.atan(math.exp(-0.5 * self.logsnr_min)) - self._b
 
+  @property
+  def _c(self) -> float:
+    """pi/2 - a - b = arctan(exp(lambda_min / 2)): the complementary angle pi/2 - phi at u = 1."""
+    return math.atan(math.exp(0.5 * self.logsnr_min))
+
   def angle(self, u: jax.Array) -> jax.Array:
     """phi(u) = a u + b of the unshifted schedule (radians), any shape."""
     return self._a * jnp.asarray(u, jnp.float32) + self._b
 
   def logsnr(self, u: jax.Array) -> jax.Array:
-    """lambda(u) = -2 log tan(a u + b) + shift, any shape, float32."""
-    return -2.0 * jnp.log(jnp.tan(self.angle(u))) + self.shift
+    """lambda(u) = -2 log tan(a u + b) + shift, any shape, float32 (docs/MATH.md section 2).
+
+    float32 tan is inaccurate near pi/2 (phi(1) = pi/2 - 4.5e-5 at lambda_min = -20 puts lambda(1)
+    off by 1.1e-3), so for phi > pi/4 this uses tan(phi) = 1 / tan(pi/2 - phi):
+    lambda = 2 log tan(psi), psi = pi/2 - phi = c + a (1 - u), c = arctan(exp(lambda_min / 2)).
+    psi sums two positive terms and 1 - u is exact for u >= 1/2, so nothing cancels; both
+    branches are evaluated (finite on [0, 1]) and `jnp.where` picks one, so it traces and jits.
+
+    Args:
+      u: times in [0, 1], any shape.
+
+    Returns:
+      lambda(u) + shift, float32, the shape of `u`.
+    """
+    u = jnp.asarray(u, jnp.float32)
+    phi = self.angle(u)
+    below = -2.0 * jnp.log(jnp.tan(phi))
+    above = 2.0 * jnp.log(jnp.tan(self._c + self._a * (1.0 - u)))
+    return jnp.where(phi > 0.25 * math.pi, above, below) + self.shift
 
   def time_from_logsnr(self, logsnr: jax.Array) -> jax.Array:
     """Inverse of `logsnr`: u(lambda) = (arctan(exp(-(lambda - shift) / 2)) - b) / a."""
@@ -73,7 +95,10 @@ class CosineSchedule:
 
 
 def resolution_shift(size: int, reference_size: int = 64) -> float:
-  """Simple diffusion's log-SNR shift 2 log(d_ref / d) for a spatial size d (MATH.md section 2)."""
+  """Simple diffusion's log-SNR shift 2 log(d_ref / d) for a spatial size d.
+
+  See docs/MATH.md section 2.
+  """
   if size <= 0 or reference_size <= 0:
     raise ValueError(f"sizes must be positive, got size={size}, reference_size={reference_size}")
   return 2.0 * math.log(reference_size / size)

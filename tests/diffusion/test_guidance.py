@@ -1,6 +1,5 @@
 """Classifier-free and reconstruction guidance (docs/MATH.md section 6)."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

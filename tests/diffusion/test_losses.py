@@ -99,4 +99,4 @@ def test_frame_mask_ignores_known_frames():
 
 def test_unknown_weighting_raises():
   with pytest.raises(ValueError, match="loss weighting"):
-    diffusion_loss(lambda z, l, c: z, jnp.zeros(SHAPE), jax.random.key(0), weighting="p2")
+    diffusion_loss(lambda z, logsnr, c: z, jnp.zeros(SHAPE), jax.random.key(0), weighting="p2")

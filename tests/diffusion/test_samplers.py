@@ -117,8 +117,8 @@ def test_ancestral_update_equals_the_posterior_of_the_forward_process():
   got1 = smp.ancestral_update(jnp.asarray(z_t, jnp.float32), jnp.asarray(x, jnp.float32),
                               jnp.float32(lam_t), jnp.float32(lam_s), gamma=1.0, rng=rng)
   r = np.exp(lam_t - lam_s)
-  np.testing.assert_allclose(got1 - got, (np.sqrt((1 - r) * s_t**2) - np.sqrt(s2_ts * s_s**2 / s_t**2)) * noise,
-                             atol=2e-5)
+  expected = (np.sqrt((1 - r) * s_t**2) - np.sqrt(s2_ts * s_s**2 / s_t**2)) * noise
+  np.testing.assert_allclose(got1 - got, expected, atol=2e-5)
 
 
 def test_ddim_eta_one_is_ancestral_small_variance():
@@ -167,8 +167,8 @@ def test_ddim_coefficients_match_high_precision_reference(n, eta):
     lam_t, lam_s = smp.step_logsnrs(CosineSchedule(), n, i)
     ref = _ddim_coefficients_reference(lam_t, lam_s, eta)
     scale = np.float32(1.0 / ref[1])
-    update = lambda x, e: np.asarray(smp.ddim_update(zero, jnp.full(shape, x), jnp.full(shape, e),
-                                                     lam_t, lam_s, eta=eta, rng=rng), np.float64)
+    update = lambda x, e, lam_t=lam_t, lam_s=lam_s: np.asarray(smp.ddim_update(
+        zero, jnp.full(shape, x), jnp.full(shape, e), lam_t, lam_s, eta=eta, rng=rng), np.float64)
     base = update(0.0, 0.0)
     got = np.array([(update(1.0, 0.0) - base)[0, 0], (update(0.0, scale) - base)[0, 0] / scale,
                     (base / noise)[0, 0]])
@@ -229,7 +229,7 @@ def test_sharded_batch_gives_the_same_samples(devices):
 
 
 def test_chunked_loop_equals_whole_loop():
-  predict_fn = smp.make_predict_fn(lambda z, l, c: 0.2 * z, None)
+  predict_fn = smp.make_predict_fn(lambda z, logsnr, c: 0.2 * z, None)
   cfg = smp.SamplerConfig("ancestral", num_steps=10, gamma=0.1)
   kw = dict(schedule=CosineSchedule(), config=cfg)
   z = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, 1))
@@ -313,7 +313,7 @@ def test_post_step_fn_gets_its_own_rng_stream():
     return z
 
   rng = jax.random.key(3)
-  predict_fn = smp.make_predict_fn(lambda z, l, c: 0.1 * z, None)
+  predict_fn = smp.make_predict_fn(lambda z, logsnr, c: 0.1 * z, None)
   smp.sample_loop(predict_fn, jnp.zeros((1, 2)), rng, schedule=CosineSchedule(),
                   config=smp.SamplerConfig(num_steps=2), post_step_fn=post_step_fn)
   jax.effects_barrier()

@@ -4,17 +4,44 @@ Nothing here knows the model: everything takes a `denoise_fn(z, logsnr, cond) ->
 """
 
 from vdm_jax.diffusion.config import DiffusionConfig
-from vdm_jax.diffusion.guidance import (classifier_free_guidance, frame_guidance_weights,
-                                        reconstruction_guidance, replace_known_frames)
+from vdm_jax.diffusion.guidance import (
+                                        classifier_free_guidance,
+                                        frame_guidance_weights,
+                                        reconstruction_guidance,
+                                        replace_known_frames,
+)
 from vdm_jax.diffusion.losses import WEIGHTINGS, diffusion_loss, log_weight
-from vdm_jax.diffusion.parameterization import (PREDICTIONS, eps_from_v, eps_from_x, to_x_eps,
-                                                target_for, v_from_x_eps, x_from_eps, x_from_v)
-from vdm_jax.diffusion.samplers import (SAMPLERS, SamplerConfig, ancestral_update,
-                                        ddim_coefficients, ddim_update, initial_noise,
-                                        make_predict_fn, sample, sample_loop, sampler_step)
-from vdm_jax.diffusion.schedule import (CosineSchedule, alpha_sigma, angle_from_logsnr,
-                                        noise_level_from_logsnr, resolution_shift,
-                                        sample_training_logsnr, sample_times)
+from vdm_jax.diffusion.parameterization import (
+                                        PREDICTIONS,
+                                        eps_from_v,
+                                        eps_from_x,
+                                        target_for,
+                                        to_x_eps,
+                                        v_from_x_eps,
+                                        x_from_eps,
+                                        x_from_v,
+)
+from vdm_jax.diffusion.samplers import (
+                                        SAMPLERS,
+                                        SamplerConfig,
+                                        ancestral_update,
+                                        ddim_coefficients,
+                                        ddim_update,
+                                        initial_noise,
+                                        make_predict_fn,
+                                        sample,
+                                        sample_loop,
+                                        sampler_step,
+)
+from vdm_jax.diffusion.schedule import (
+                                        CosineSchedule,
+                                        alpha_sigma,
+                                        angle_from_logsnr,
+                                        noise_level_from_logsnr,
+                                        resolution_shift,
+                                        sample_times,
+                                        sample_training_logsnr,
+)
 
 __all__ = [
     "CosineSchedule", "DiffusionConfig", "PREDICTIONS", "SAMPLERS", "SamplerConfig", "WEIGHTINGS",

@@ -6,8 +6,7 @@ import dataclasses
 
 from vdm_jax.diffusion.losses import WEIGHTINGS
 from vdm_jax.diffusion.parameterization import PREDICTIONS
-from vdm_jax.diffusion.schedule import (LOGSNR_SAMPLING, TIME_SAMPLING, CosineSchedule,
-                                        resolution_shift)
+from vdm_jax.diffusion.schedule import LOGSNR_SAMPLING, TIME_SAMPLING, CosineSchedule, resolution_shift
 
 
 @dataclasses.dataclass(frozen=True)

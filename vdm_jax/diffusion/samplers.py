@@ -16,12 +16,14 @@ compose without copying the loop:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from vdm_jax.diffusion import parameterization as param
+from vdm_jax.diffusion.protocols import DenoiseFn
 from vdm_jax.diffusion.schedule import CosineSchedule, alpha_sigma, angle_from_logsnr
 
 PredictFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -33,26 +35,27 @@ SAMPLERS = ("ddim", "ancestral")
 POST_STEP_STREAM = 7919
 
 
+def _field(default: Any, help_text: str) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """How to sample.
 
-  Attributes:
-    sampler: "ddim" or "ancestral".
-    num_steps: N, the number of denoiser evaluations (per corrector-free step).
-    eta: DDIM stochasticity in [0, 1]; 0 is deterministic, 1 equals ancestral with the small variance.
-    gamma: ancestral variance interpolation, small^(1 - gamma) * large^gamma (VDM: 0.1 UCF, 0 BAIR, 0.3 text).
-    clip_x: clip x_hat to [-1, 1] and recompute eps_hat from it.
-    corrector_steps: Langevin corrector steps after each step but the last (VDM's predictor-corrector).
-    corrector_delta: the corrector's step size delta.
+  The one definition of sampler settings: the config's `sample` section inherits these fields,
+  generation.GenerateOptions holds one, and sample.py makes a flag of each field (help: `metadata`).
   """
-  sampler: str = "ddim"
-  num_steps: int = 64
-  eta: float = 0.0
-  gamma: float = 0.0
-  clip_x: bool = True
-  corrector_steps: int = 0
-  corrector_delta: float = 0.1
+  sampler: str = _field("ddim", "Sampler: ddim or ancestral.")
+  num_steps: int = _field(64, "Sampler steps N (denoiser evaluations without the corrector).")
+  eta: float = _field(0.0, "DDIM stochasticity in [0, 1]; 0 deterministic, 1 = ancestral with the "
+                      "small variance.")
+  gamma: float = _field(0.0, "Ancestral variance interpolation small^(1-gamma) large^gamma in "
+                        "[0, 1] (VDM: 0.1 UCF-101, 0 BAIR).")
+  clip_x: bool = _field(True, "Clip the predicted x to [-1, 1] at every step.")
+  corrector_steps: int = _field(0, "Langevin corrector steps after each step but the last (VDM's "
+                                "predictor-corrector).")
+  corrector_delta: float = _field(0.1, "Langevin corrector step size delta.")
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -75,7 +78,7 @@ def clip_prediction(x_hat: jax.Array, z: jax.Array, alpha: jax.Array,
   return x_hat, param.eps_from_x(z, x_hat, alpha, sigma)
 
 
-def make_predict_fn(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], cond: Any = None,
+def make_predict_fn(denoise_fn: DenoiseFn, cond: Any = None,
                     *, prediction: str = "v", clip_x: bool = True) -> PredictFn:
   """(z, logsnr) -> (x_hat, eps_hat) from a denoise_fn(z, logsnr [B], cond) of kind `prediction`."""
   param.check_prediction(prediction)
@@ -236,7 +239,7 @@ def initial_noise(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jax.random.normal(rng, shape, jnp.float32)
 
 
-def sample(denoise_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], rng: jax.Array,
+def sample(denoise_fn: DenoiseFn, rng: jax.Array,
            shape: tuple[int, ...], *, cond: Any = None, schedule: CosineSchedule = CosineSchedule(),
            config: SamplerConfig = SamplerConfig(), prediction: str = "v") -> jax.Array:
   """Draw samples x [shape] from noise with `denoise_fn(z, logsnr [B], cond) -> prediction`."""

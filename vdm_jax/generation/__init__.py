@@ -9,9 +9,16 @@ periodic samples (generate on a SamplingModel holding its live EMA parameters).
               default_output_dir, write_samples, sample_and_save
 """
 
-from vdm_jax.generation.output import default_output_dir, sample_and_save, write_samples
 from vdm_jax.generation.plan import GenerateOptions, Plan, options_from, plan
-from vdm_jax.generation.run import SamplingModel, generate, generate_from_workdir, restore_model
+from vdm_jax.generation.run import (
+    SamplingModel,
+    default_output_dir,
+    generate,
+    generate_from_workdir,
+    restore_model,
+    sample_and_save,
+    write_samples,
+)
 from vdm_jax.generation.sampler import FRAME_METHODS, make_chunk_fn, make_chunk_fn_from_denoiser
 
 __all__ = ["FRAME_METHODS", "GenerateOptions", "Plan", "SamplingModel", "default_output_dir",

@@ -67,8 +67,14 @@ def enable_compilation_cache() -> None:
 
 
 def quiet_tensorflow_logs() -> None:
-  """Sets TF_CPP_MIN_LOG_LEVEL to TF_LOG_LEVEL unless the user set it (before TF is imported)."""
+  """Sets TF_CPP_MIN_LOG_LEVEL to TF_LOG_LEVEL unless the user set it (before TF is imported).
+
+  Also turns TensorFlow's oneDNN graph rewrites off unless the user chose (TF_ENABLE_ONEDNN_OPTS):
+  TensorFlow only reads files and writes summaries here, and its import otherwise prints an
+  'oneDNN custom operations are on' line that TF_CPP_MIN_LOG_LEVEL does not silence.
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 @functools.cache

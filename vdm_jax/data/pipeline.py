@@ -19,13 +19,41 @@ from typing import Any
 
 import numpy as np
 
-from vdm_jax.data import preprocess, registry
+from vdm_jax.data import registry
 from vdm_jax.data.config import DataConfig
 from vdm_jax.data.tf_setup import tfds
 from vdm_jax.metrics import video_io
 
 Batch = dict[str, np.ndarray]
 EVAL_SEED = 0
+
+
+def clip_span(num_frames: int, frame_stride: int) -> int:
+  """Source frames covered by a clip of num_frames at frame_stride."""
+  return (num_frames - 1) * frame_stride + 1
+
+
+def temporal_crop(video: np.ndarray, num_frames: int, frame_stride: int,
+                  start: int) -> np.ndarray:
+  """Frames start, start + stride, ... of video [L, H, W, C] -> [T, H, W, C].
+
+  Raises:
+    ValueError: the video is shorter than the clip.
+  """
+  span = clip_span(num_frames, frame_stride)
+  if start < 0 or start + span > video.shape[0]:
+    raise ValueError(
+        f"A clip of {num_frames} frames at stride {frame_stride} from frame "
+        f"{start} needs {start + span} frames; the video has "
+        f"{video.shape[0]}. Lower num_frames or frame_stride.")
+  return video[start:start + span:frame_stride]
+
+
+def random_start(rng: np.random.Generator, length: int, num_frames: int,
+                 frame_stride: int) -> int:
+  """Uniform start frame of a clip inside a video of `length` frames."""
+  return int(rng.integers(0, max(length - clip_span(num_frames,
+                                                    frame_stride), 0) + 1))
 
 
 class _ExampleReader:
@@ -65,8 +93,8 @@ class _ExampleReader:
         video, _ = self._video(int(rng.integers(len(self.source))))
         t = int(rng.integers(video.shape[0]))
         frame = video[t:t + 1]
-      frame = preprocess.center_crop_resize(frame, self.config.resolution)
-      frames.append(preprocess.match_channels(frame, channels))
+      frame = video_io.center_crop_resize(frame, self.config.resolution)
+      frames.append(video_io.match_channels(frame, channels))
     return np.concatenate(frames)
 
   def example(self, index: int, rng: np.random.Generator, train: bool
@@ -74,11 +102,11 @@ class _ExampleReader:
     """Returns (video float32 [T + K, R, R, C] in [-1, 1], label)."""
     cfg = self.config
     video, label = self._video(index)
-    start = (preprocess.random_start(rng, video.shape[0], cfg.num_frames,
+    start = (random_start(rng, video.shape[0], cfg.num_frames,
                                      cfg.frame_stride) if train else 0)
-    clip = preprocess.temporal_crop(video, cfg.num_frames, cfg.frame_stride,
+    clip = temporal_crop(video, cfg.num_frames, cfg.frame_stride,
                                     start)
-    clip = preprocess.center_crop_resize(clip, cfg.resolution)  # [T, R, R, C]
+    clip = video_io.center_crop_resize(clip, cfg.resolution)  # [T, R, R, C]
     if train and cfg.random_flip and rng.random() < 0.5:
       clip = clip[:, :, ::-1]
     if cfg.image_frames:

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 
-from vdm_jax.data import preprocess
 from vdm_jax.metrics import video_io
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".gif", ".mov", ".mkv")
@@ -82,7 +81,7 @@ def decode_frames(path: str, resolution: int, *, frame_stride: int = 1,
       next_time += 1.0 / fps
     elif i % frame_stride:
       continue
-    kept.append(preprocess.center_crop_resize(rgb[None], resolution)[0])
+    kept.append(video_io.center_crop_resize(rgb[None], resolution)[0])
     if max_frames and len(kept) >= max_frames:
       break
   if not kept:

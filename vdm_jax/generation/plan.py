@@ -14,7 +14,6 @@ import numpy as np
 
 from vdm_jax import data, diffusion
 from vdm_jax.config import ExperimentConfig
-from vdm_jax.data.preprocess import match_channels
 from vdm_jax.generation.sampler import FRAME_METHODS
 from vdm_jax.metrics import video_io
 
@@ -222,7 +221,7 @@ def _video_frames(path: str, k: int, shape: tuple[int, ...]) -> np.ndarray:
                      f"the model samples {w}x{h}; resize it to {w}x{h}")
   if c == 1:
     frames = np.round(frames.mean(axis=-1, keepdims=True)).astype(np.uint8)
-  return video_io.to_float(match_channels(frames[:k], c))
+  return video_io.to_float(video_io.match_channels(frames[:k], c))
 
 
 def labels_for(exp: ExperimentConfig, opts: GenerateOptions,

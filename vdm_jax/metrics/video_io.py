@@ -2,7 +2,8 @@
 
 Everything here is numpy on the host; videos are uint8 [N, T, H, W, C] (or float in [-1, 1] where
 noted), C in {1, 3}. Used by training (sample logging), sampling, evaluation and the data pipeline,
-which takes its uint8 <-> float conversion and its PyAV decoder from here (one definition each).
+which takes its uint8 <-> float conversion, its PyAV decoder and its frame crop/resize from here
+(one definition each).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".avi", ".mov", ".webm", ".mkv")
 
@@ -368,3 +370,30 @@ def match_resolution(videos: np.ndarray, resolution: int) -> np.ndarray:
     return videos
   k = h // resolution
   return videos[:, :, k // 2::k, k // 2::k]
+
+
+def center_crop_resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+  """uint8 [T, H, W, C] -> [T, resolution, resolution, C]: centre square crop, bilinear resize."""
+  _, h, w, c = frames.shape
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  frames = frames[:, top:top + side, left:left + side]
+  if side == resolution:
+    return frames
+  out = []
+  for frame in frames:
+    pil = Image.fromarray(frame[..., 0] if c == 1 else frame)
+    arr = np.asarray(pil.resize((resolution, resolution), Image.BILINEAR))
+    out.append(arr.reshape(resolution, resolution, c))
+  return np.stack(out)
+
+
+def match_channels(frames: np.ndarray, channels: int) -> np.ndarray:
+  """Grey -> RGB by repetition; other mismatches are a ValueError."""
+  if frames.shape[-1] == channels:
+    return frames
+  if frames.shape[-1] == 1:
+    return np.repeat(frames, channels, axis=-1)
+  raise ValueError(
+      f"Cannot turn {frames.shape[-1]}-channel frames into {channels} "
+      "channels; use an image dataset with the videos' channel count.")

@@ -109,8 +109,10 @@ def load_average() -> str:
   return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def tcmalloc_loaded() -> bool:
-  return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+def allocator() -> str:
+  """The preloaded malloc: 'tcmalloc', 'mimalloc' or 'glibc' (vdm_jax.runtime)."""
+  from vdm_jax.runtime import preloaded_allocator
+  return preloaded_allocator()
 
 
 def cpu_name() -> str:

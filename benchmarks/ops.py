@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
   times = run_cases(cases, args.rounds)
   for name, ts in times.items():
     print(f"{name:28s} median {1e3 * common.median(ts):8.1f} ms  min {1e3 * min(ts):8.1f} ms")
-  print("load average", common.load_average(), "tcmalloc", common.tcmalloc_loaded())
+  print("load average", common.load_average(), "malloc", common.allocator())
   print(json.dumps({k: [round(t, 4) for t in v] for k, v in times.items()}))
 
 

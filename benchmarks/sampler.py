@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
   from benchmarks import common
   common.setup_devices(args.devices, batch=args.batch)
   rows = [measure(c, s, args) for c in args.configs for s in args.samplers]
-  print(f"{common.cpu_name()}; load {common.load_average()}; tcmalloc {common.tcmalloc_loaded()}")
+  print(f"{common.cpu_name()}; load {common.load_average()}; malloc {common.allocator()}")
   keys = ["config", "sampler", "devices", "batch", "steps", "compile_s", "call_s", "steps_per_s",
           "frames_per_s"]
   print(" | ".join(f"{k:>12s}" for k in keys))

@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
   mem = compiled.memory_analysis()
   out = {"config": args.config, "set": args.set, "cpu": common.cpu_name(), "devices": jax.device_count(),
          "mesh": dict(mesh.shape), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-         "tcmalloc": common.tcmalloc_loaded(), "flatten_optimizer": args.flatten_optimizer,
+         "allocator": common.allocator(), "flatten_optimizer": args.flatten_optimizer,
          "compile_s": round(compile_s, 1),
          "compile_cpu_s": round(compile_cpu, 1),
          "gflop": round(compiled_flops(compiled) / 1e9, 2),

@@ -176,7 +176,7 @@ def main(argv: list[str]) -> None:
     import jax
     print(f"{common.cpu_name()}; matmul peak {peak / 1e9:.1f} GFLOP/s; {jax.device_count()} devices; "
           f"load {common.load_average()}; "
-          f"tcmalloc {common.tcmalloc_loaded()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"malloc {common.allocator()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print_table(rows, keys + (["preflight"] if args.preflight else []))
   print(json.dumps(rows))
   if args.json:

@@ -41,7 +41,7 @@ _TEST = flags.DEFINE_float("test_fraction", 0.0,
 
 def main(argv):
   del argv
-  setup_runtime(tcmalloc=False)
+  setup_runtime(allocator=False)
   data_dir = DataConfig(data_dir=_DATA_DIR.value).resolved_data_dir
   try:
     report = video_folder.make_folder_dataset(

@@ -1,11 +1,13 @@
-"""Process set-up for the entry scripts: quiet TensorFlow, logging, and tcmalloc on CPU.
+"""Process set-up for the entry scripts: quiet TensorFlow, logging, a fast malloc on CPU.
 
 This module is the base of the package's import graph: it imports nothing from vdm_jax.
 
 XLA on CPU allocates large temporaries every step; under glibc malloc that becomes a page-fault
-storm. Preloading tcmalloc (Debian: libtcmalloc-minimal4) made train steps about 1.6x faster here,
-so the entry scripts re-execute themselves with it when it is installed and not yet loaded.
-Set VDM_NO_TCMALLOC=1 to opt out.
+storm. The entry scripts re-execute themselves once with a faster allocator preloaded
+(LD_PRELOAD): mimalloc, which `pip install -r requirements.txt` brings (the cmeel-mimalloc wheel,
+no root needed), or tcmalloc where the system has it (Debian: libtcmalloc-minimal4).
+VDM_ALLOCATOR=auto|mimalloc|tcmalloc|glibc chooses (glibc: preload nothing); benchmarks/allocators.py
+measures them against each other.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import glob
 import logging as std_logging
 import os
 import sys
+import sysconfig
 from types import ModuleType
 
 from absl import logging
@@ -29,9 +32,16 @@ JAX_BACKEND_LOGGER = "jax._src.xla_bridge"
 _TCMALLOC_GLOBS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so*",
                    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so*",
                    "/usr/lib/libtcmalloc_minimal.so*", "/usr/local/lib/libtcmalloc_minimal.so*")
+# Where the cmeel-mimalloc wheel puts the library, relative to site-packages.
+_MIMALLOC_GLOB = os.path.join("cmeel.prefix", "lib", "libmimalloc.so*")
+ALLOCATORS = ("auto", "mimalloc", "tcmalloc", "glibc")
+# auto's order of preference (benchmarks/RESULTS.md, "Allocators").
+_AUTO_ORDER = ("tcmalloc", "mimalloc")
+_REEXEC_MARK = "VDM_ALLOCATOR_SET"
 
 
 def find_tcmalloc() -> str | None:
+  """The system's libtcmalloc_minimal, or None."""
   for pattern in _TCMALLOC_GLOBS:
     found = sorted(glob.glob(pattern))
     if found:
@@ -39,15 +49,48 @@ def find_tcmalloc() -> str | None:
   return None
 
 
-def maybe_reexec_with_tcmalloc() -> None:
-  """Re-executes this process with tcmalloc preloaded, once, if available."""
-  if os.environ.get("VDM_NO_TCMALLOC") or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+def find_mimalloc() -> str | None:
+  """libmimalloc from the cmeel-mimalloc wheel in this environment's site-packages, or None."""
+  for key in ("platlib", "purelib"):
+    found = sorted(glob.glob(os.path.join(sysconfig.get_paths()[key], _MIMALLOC_GLOB)))
+    if found:
+      return found[0]
+  return None
+
+
+def find_allocator(name: str) -> tuple[str, str | None]:
+  """(allocator name, library path or None for glibc) for a VDM_ALLOCATOR value.
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  if name not in ALLOCATORS:
+    raise ValueError(f"VDM_ALLOCATOR={name!r}; choose one of {ALLOCATORS}")
+  finders = {"tcmalloc": find_tcmalloc, "mimalloc": find_mimalloc}
+  for candidate in (_AUTO_ORDER if name == "auto" else (name,)):
+    if candidate in finders:
+      path = finders[candidate]()
+      if path is not None:
+        return candidate, path
+  return "glibc", None
+
+
+def preloaded_allocator() -> str:
+  """Which allocator LD_PRELOAD holds: 'tcmalloc', 'mimalloc' or 'glibc'."""
+  preload = os.environ.get("LD_PRELOAD", "")
+  return next((name for name in ("tcmalloc", "mimalloc") if name in preload), "glibc")
+
+
+def maybe_reexec_with_allocator() -> None:
+  """Re-executes this process once with the chosen allocator preloaded (VDM_ALLOCATOR, default
+  auto); nothing when it is already loaded, when glibc is chosen, or with VDM_NO_TCMALLOC=1."""
+  if os.environ.get(_REEXEC_MARK) or os.environ.get("VDM_NO_TCMALLOC"):
     return
-  lib = find_tcmalloc()
-  if lib is None:
+  name, lib = find_allocator(os.environ.get("VDM_ALLOCATOR", "auto"))
+  if lib is None or preloaded_allocator() != "glibc":
     return
   env = dict(os.environ, LD_PRELOAD=(lib + " " + os.environ.get("LD_PRELOAD", "")).strip(),
-             VDM_NO_TCMALLOC="1")
+             **{_REEXEC_MARK: name})
   os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
@@ -104,21 +147,21 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
-def setup_runtime(tcmalloc: bool = True) -> None:
-  """Process set-up for an entry script: quiet logs, tcmalloc, JAX's compilation cache.
+def setup_runtime(allocator: bool = True) -> None:
+  """Process set-up for an entry script: quiet logs, a fast malloc, JAX's compilation cache.
 
   Args:
-    tcmalloc: re-execute with tcmalloc preloaded when it is installed and not yet loaded.
+    allocator: re-execute with a faster malloc preloaded (maybe_reexec_with_allocator).
   """
   quiet_tensorflow_logs()
-  if tcmalloc:
-    maybe_reexec_with_tcmalloc()
+  if allocator:
+    maybe_reexec_with_allocator()
   logging.set_verbosity(logging.INFO)
   std_logging.getLogger(JAX_BACKEND_LOGGER).setLevel(std_logging.WARNING)
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
   enable_compilation_cache()
-  if "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
-    logging.info("tcmalloc not preloaded (apt-get install libtcmalloc-minimal4 for ~1.6x faster "
-                 "CPU steps)")
+  if preloaded_allocator() == "glibc" and os.environ.get("VDM_ALLOCATOR") != "glibc":
+    logging.info("no faster malloc preloaded: pip install cmeel-mimalloc (requirements.txt) or "
+                 "apt-get install libtcmalloc-minimal4 for faster CPU steps")

@@ -126,7 +126,8 @@ def sample_times(rng: jax.Array, batch_size: int, method: str = "uniform") -> ja
   Args:
     rng: PRNG key.
     batch_size: B.
-    method: "uniform" (i.i.d. U(0, 1)) or "low_discrepancy" (u_i = (u_0 + i / B) mod 1, VDM).
+    method: "uniform" (i.i.d. U(0, 1)) or "low_discrepancy" (u_i = (u_0 + i / B) mod 1, from Variational
+      Diffusion Models, Kingma et al. 2021: not the Video Diffusion Models this package calls VDM).
   """
   if method == "uniform":
     return jax.random.uniform(rng, (batch_size,))

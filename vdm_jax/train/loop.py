@@ -131,7 +131,8 @@ def _prepare(config: Any, workdir: str) -> _Run:
       schedule=exp.diffusion.schedule(exp.data.resolution), optim_cfg=exp.optim,
       train_cfg=exp.train)
   sampling = generation.SamplingModel(exp, graphdef, rest, state["ema"], mesh, int(state["step"]))
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  # resume_step: metrics.jsonl rows of steps after the checkpoint (logged, then replayed) are dropped.
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=int(state["step"]))
   return _Run(exp, workdir, mesh, ckpt, writer, state, manifest, train_iter, step_fn, sampling)
 
 

@@ -26,7 +26,11 @@ def main(argv):
   c = FLAGS.config
   initialize_from_flags(c.train.global_batch_size // max(c.optim.grad_accum_steps, 1), dict(c.mesh))
   from vdm_jax.train.loop import train_and_evaluate
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from vdm_jax.train.workdir import WorkdirError
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError, WorkdirError) as e:
+    raise SystemExit(f"train.py: {e}") from e
 
 
 if __name__ == "__main__":

@@ -52,3 +52,32 @@ def test_default_enabled_on_process_zero(tmp_path):
   writer = MetricWriter(str(tmp_path / "p0"))
   assert writer.enabled
   writer.close()
+
+
+def test_resume_step_drops_the_rows_a_resumed_run_replays(tmp_path):
+  workdir = str(tmp_path)
+  with MetricWriter(workdir, enabled=True) as writer:
+    writer.write_scalars(0, {"compile_seconds": 9.0})
+    for step in range(1, 6):
+      writer.write_scalars(step, {"loss": float(step)})
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, "a") as f:
+    f.write('{"note": "no step"}\n{"step": 6, "lo')  # a row without a step; one torn by a kill -9
+  # Checkpoint at step 3, killed at step 6: the resumed run replays steps 4, 5, 6.
+  with MetricWriter(workdir, enabled=True, resume_step=3) as writer:
+    for step in range(4, 7):
+      writer.write_scalars(step, {"loss": 10.0 + step})
+  rows = [json.loads(line) for line in open(path)]
+  assert rows == [{"step": 0, "compile_seconds": 9.0}, {"step": 1, "loss": 1.0},
+                  {"step": 2, "loss": 2.0}, {"step": 3, "loss": 3.0}, {"note": "no step"},
+                  {"step": 4, "loss": 14.0}, {"step": 5, "loss": 15.0}, {"step": 6, "loss": 16.0}]
+  steps = [r["step"] for r in rows if "step" in r]
+  assert len(steps) == len(set(steps))
+
+
+def test_no_resume_step_keeps_the_file(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 7, "loss": 1.0}\n')
+  MetricWriter(str(tmp_path), enabled=True).close()
+  MetricWriter(str(tmp_path), enabled=True, resume_step=7).close()
+  assert path.read_text() == '{"step": 7, "loss": 1.0}\n'

@@ -17,18 +17,56 @@ def _to_float(value: Any) -> float:
   return float(np.asarray(value))
 
 
+def _keep_row(line: str, resume_step: int) -> bool:
+  try:
+    row = json.loads(line)
+  except ValueError:
+    return True
+  step = row.get("step") if isinstance(row, dict) else None
+  return not isinstance(step, (int, float)) or step <= resume_step
+
+
+def _truncate_jsonl(path: str, resume_step: int) -> None:
+  """Rewrites `path` (atomically) without the rows of steps after `resume_step`."""
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  lines = text.splitlines()
+  if lines and not text.endswith("\n"):
+    lines.pop()  # torn by a kill in the middle of a write; appending would glue rows together
+  kept = [line for line in lines if _keep_row(line, resume_step)]
+  if len(kept) == len(lines) and (not text or text.endswith("\n")):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(line + "\n" for line in kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Writes scalars, images and videos for one run.
 
   Files under `workdir`: TensorBoard events (in workdir itself), metrics.jsonl (one JSON object per
   write_scalars call: {"step": ..., **scalars}) and samples/{name}_{step:08d}.gif for videos.
   A disabled writer (by default every process but 0) writes nothing and never imports TensorFlow.
+
+  A resumed run replays the steps logged after its checkpoint: `resume_step` drops their rows from
+  metrics.jsonl when it is opened, so each step appears once. TensorBoard event files are left as
+  they are (an event file is append-only): they hold a replayed step twice, and TensorBoard does not
+  purge the older value for TF2 event files (its "purge orphaned data" needs a SessionLog.START that
+  tf.summary writers do not write), so a curve may step back once per resume; metrics.jsonl is
+  the record to read.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, enabled: bool | None = None, resume_step: int | None = None):
     """Args:
       workdir: output folder (created when enabled).
       enabled: write or not; None -> jax.process_index() == 0.
+      resume_step: the step a resumed run restarts from: rows of metrics.jsonl with a larger
+        "step" are deleted (rows without a step and those up to it are kept, and so is an
+        unparseable line except a torn last one, which a kill during a write leaves). None keeps
+        the file as it is.
     """
     if enabled is None:
       import jax  # pylint: disable=g-import-not-at-top
@@ -40,7 +78,10 @@ class MetricWriter:
     self._jsonl = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None and os.path.exists(path):
+        _truncate_jsonl(path, int(resume_step))
+      self._jsonl = open(path, "a", encoding="utf-8")
 
   @property
   def _tb(self):

@@ -29,6 +29,7 @@ from vdm_jax.train import flops as flops_lib
 from vdm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from vdm_jax.train.state import create_train_state, state_shardings
 from vdm_jax.train.step import make_train_step
+from vdm_jax.train.workdir import WorkdirLock, save_error
 
 
 class _Preemption:
@@ -95,9 +96,10 @@ def _check_workdir(workdir: str) -> None:
                      "mounted with gcsfuse")
 
 
-def _prepare(config: Any, workdir: str) -> _Run:
+def _prepare(config: Any, workdir: str, lock: WorkdirLock) -> _Run:
   """Validates the config, creates (or resumes) the sharded state and the data iterator."""
   _check_workdir(workdir)
+  lock.acquire()  # a workdir that cannot be written or is in use by another run: refused here
   exp = ExperimentConfig.from_config_dict(config)
   info = data.dataset_info(exp.data)
   validate_experiment(exp, info, jax.device_count(), jax.process_count())
@@ -131,7 +133,8 @@ def _prepare(config: Any, workdir: str) -> _Run:
       schedule=exp.diffusion.schedule(exp.data.resolution), optim_cfg=exp.optim,
       train_cfg=exp.train)
   sampling = generation.SamplingModel(exp, graphdef, rest, state["ema"], mesh, int(state["step"]))
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  # resume_step: metrics.jsonl rows of steps after the checkpoint (logged, then replayed) are dropped.
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=int(state["step"]))
   return _Run(exp, workdir, mesh, ckpt, writer, state, manifest, train_iter, step_fn, sampling)
 
 
@@ -205,10 +208,20 @@ class _Speed:
             "mfu": run.step_flops / seconds / run.peak if run.peak else 0.0}
 
 
+def _save(run: _Run, step: int, pending: int | None) -> None:
+  """Saves `step`; a failure (of this save or of the async one of `pending`) ends the run in a line."""
+  try:
+    run.ckpt.save(step, run.state, data_state=run.train_iter.get_state(),
+                  manifest={**run.manifest, "step": step})
+  except (OSError, ValueError, RuntimeError) as e:  # tensorstore reports ENOSPC as a ValueError
+    raise save_error(e, run.ckpt, step, pending) from e
+
+
 def _loop(run: _Run, compiled: Callable, preempt: _Preemption) -> tuple[int, dict[str, float]]:
   """Steps until num_steps or a stop request; logs, checkpoints and samples on schedule."""
   exp, num_steps = run.exp, run.exp.train.num_steps
   step = int(run.state["step"])
+  saved = None  # the step last handed to the (async) checkpointer
   last: dict[str, float] = {}
   pending: list[tuple[int, dict]] = []
   bar = _progress(num_steps, step, jax.process_index() == 0 and exp.train.progress_bar)
@@ -229,8 +242,8 @@ def _loop(run: _Run, compiled: Callable, preempt: _Preemption) -> tuple[int, dic
     if bar is not None:
       bar.update(1)
     if at_ckpt:
-      run.ckpt.save(step, run.state, data_state=run.train_iter.get_state(),
-                    manifest={**run.manifest, "step": step})
+      _save(run, step, saved)
+      saved = step
     if exp.train.sample_every and step % exp.train.sample_every == 0 and step != num_steps:
       _write_samples(run, step)
       speed.restart()  # speed metrics measure training, not sampling
@@ -245,15 +258,30 @@ def _loop(run: _Run, compiled: Callable, preempt: _Preemption) -> tuple[int, dic
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains as `config` says, writing checkpoints, logs and sample videos into `workdir`.
 
+  Process 0 holds `WORKDIR/.lock` from before anything is built until the end (train/workdir.py).
+
   Returns the last logged metrics (host floats) with the final "step".
+
+  Raises:
+    WorkdirError: the workdir is in use by another run or cannot be written, or a checkpoint save
+      failed (train.py prints these in one line).
   """
-  run = _prepare(config, workdir)
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
+    return _train(config, workdir, lock)
+
+
+def _train(config: Any, workdir: str, lock: WorkdirLock) -> dict[str, float]:
+  run = _prepare(config, workdir, lock)
   compiled = _compile(run)
   with _Preemption() as preempt, _finish_saves_on_error(run.ckpt, run.train_iter):
     step, last = _loop(run, compiled, preempt)
   if step == run.exp.train.num_steps:
     _write_samples(run, step)
-  run.ckpt.wait_until_finished()
+  with _finish_saves_on_error(run.ckpt, run.train_iter):
+    try:
+      run.ckpt.wait_until_finished()
+    except (OSError, ValueError, RuntimeError) as e:  # the last async save failed
+      raise save_error(e, run.ckpt, step, step) from e
   run.ckpt.close()
   run.writer.close()
   run.train_iter.close()

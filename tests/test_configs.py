@@ -1,14 +1,19 @@
 """Every config in configs/ and its tiny variant: parses into the typed sections, fits its own data
 shapes, and builds a U-Net of the parameter count the README states (counted from shapes only,
-nnx.eval_shape: nothing is allocated, so the 1.17B-parameter UCF-101 model is counted on a laptop)."""
+nnx.eval_shape: nothing is allocated, so the 1.17B-parameter UCF-101 model is counted on a laptop).
+Bad values, unknown keys (in the config and on the command line), a batch larger than the dataset
+or than this machine's memory: each refused in one line before anything is built."""
 
 import dataclasses
 import importlib
 
+import jax
 import pytest
 
-from vdm_jax.config import ExperimentConfig
+from vdm_jax.config import ConfigError, ExperimentConfig, check_overrides, validate_experiment
+from vdm_jax.data import DatasetInfo
 from vdm_jax.model import count_params, vdm_bair_config, vdm_ucf101_config
+from vdm_jax.parallel import host
 
 # Exact counts; the README's config table rounds them.
 PARAMS = {
@@ -61,3 +66,122 @@ def test_ucf101_and_bair_configs_are_the_published_architectures():
 def test_unknown_variant_is_an_error():
   with pytest.raises(ValueError, match="variants"):
     experiment("default", "huge")
+
+
+# Every value check runs before anything is built: the section dataclasses (from_config_dict) or
+# validate_experiment against a dataset's facts, here made up (no data, no model, no compile).
+BAD_VALUES = {
+    "log_every_0": ({"train": {"log_every": 0}}, r"train\.log_every=0 is out of range: it must be >= 1"
+                    r"; change --config\.train\.log_every"),
+    "checkpoint_every_0": ({"train": {"checkpoint_every": 0}}, r"train\.checkpoint_every=0 .* >= 1"),
+    "sample_every_negative": ({"train": {"sample_every": -1}}, r"train\.sample_every=-1 .* >= 0 \(0: "),
+    "num_steps_0": ({"train": {"num_steps": 0}}, r"train\.num_steps=0 .* >= 1 \(the steps to train"),
+    "num_steps_negative": ({"train": {"num_steps": -5}}, r"train\.num_steps=-5 .* >= 1"),
+    "batch_0": ({"train": {"global_batch_size": 0}}, r"train\.global_batch_size=0 .* >= 1"),
+    "class_dropout": ({"train": {"class_dropout": 1.5}}, r"train\.class_dropout=1\.5 .* in \[0, 1\]"),
+    "cond_dropout": ({"train": {"cond_dropout": -0.1}}, r"train\.cond_dropout=-0\.1 .* in \[0, 1\]"),
+    "seed": ({"train": {"seed": -1}}, r"train\.seed=-1 .* >= 0"),
+    "learning_rate_nan": ({"optim": {"learning_rate": float("nan")}}, r"optim\.learning_rate=nan .* > 0"),
+    "b2": ({"optim": {"b2": 1.0}}, r"optim\.b2=1\.0 .* in \[0, 1\)"),
+    "grad_accum": ({"optim": {"grad_accum_steps": 0}}, r"optim\.grad_accum_steps=0 .* >= 1"),
+    "num_frames": ({"data": {"num_frames": 0}}, r"data\.num_frames=0 .* >= 1; change --config\.data"),
+    "frame_stride": ({"data": {"frame_stride": 0}}, r"data\.frame_stride=0 .* >= 1"),
+    "resolution": ({"data": {"resolution": -16}}, r"data\.resolution=-16 .* >= 1"),
+    "image_frames": ({"data": {"image_frames": -1}}, r"data\.image_frames=-1 .* >= 0"),
+    "dotdot_name": ({"data": {"name": "folder/../../.."}}, r"data\.name='folder/\.\./\.\./\.\.': .*one "
+                    "plain folder name"),
+    "max_to_keep": ({"checkpoint": {"max_to_keep": 0}}, r"checkpoint\.max_to_keep=0 .* >= 1"),
+    "num_samples": ({"sample": {"num_samples": 0}}, r"sample\.num_samples=0 .* >= 1"),
+    "fps": ({"sample": {"fps": 0}}, r"sample\.fps=0 .* >= 1"),
+    "sampler_steps": ({"sample": {"num_steps": 0}}, r"config\.sample: num_steps must be >= 1"),
+    "mesh_0": ({"mesh": {"data": 0}}, r"mesh\.data=0 .* >= 1, or -1"),
+    "mesh_two_fills": ({"mesh": {"data": -1, "fsdp": -1}}, r"at most one size may be -1"),
+    "model_dropout": ({"model": {"dropout": 1.5}}, r"config\.model: UNetConfig\.dropout=1\.5"),
+    "diffusion_p_std": ({"diffusion": {"p_std": 0.0}}, r"diffusion\.p_std=0\.0 .* > 0"),
+    "batch_over_dataset": ({"train": {"global_batch_size": 64}}, r"train\.global_batch_size=64 is "
+                           r"larger than the 40 training examples .*at most 40"),
+}
+
+
+def tiny_dict(**sections) -> dict:
+  config = importlib.import_module("configs.default").get_config("tiny").to_dict()
+  for name, values in sections.items():
+    config[name].update(values)
+  return config
+
+
+def made_up_info(exp: ExperimentConfig, num_train_examples: int = 40) -> DatasetInfo:
+  return DatasetInfo(name=exp.data.name, num_classes=exp.model.num_classes, num_frames=20,
+                     channels=exp.model.in_channels, resolution=(32, 32),
+                     num_train_examples=num_train_examples, num_eval_examples=8)
+
+
+def check(config: dict) -> None:
+  """What the trainer checks before building anything, on 8 devices and one process."""
+  exp = ExperimentConfig.from_config_dict(config)
+  validate_experiment(exp, made_up_info(exp), 8, 1)
+
+
+def test_the_tiny_config_passes_every_check():
+  check(tiny_dict())
+
+
+@pytest.fixture
+def compilations():
+  """Programs lowered for XLA during the test (lowering happens on persistent-cache hits too)."""
+  events = []
+  def listen(event, duration_secs, **kwargs):
+    if event.endswith(("/jaxpr_to_mlir_module_duration", "/backend_compile_duration")):
+      events.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  yield events
+  jax.monitoring.unregister_event_duration_listener(listen)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_bad_values_are_refused_in_one_line_naming_what_to_change(name, compilations):
+  sections, message = BAD_VALUES[name]
+  with pytest.raises(ConfigError, match=message) as err:
+    check(tiny_dict(**sections))
+  assert "\n" not in str(err.value)
+  assert not compilations
+
+
+def test_the_compilation_listener_sees_a_compilation(compilations):
+  jax.jit(lambda x: x * 3 + 1)(jax.numpy.arange(7.0))
+  assert compilations
+
+
+def test_unknown_keys_name_the_nearest_known_key():
+  with pytest.raises(ConfigError, match=r"config\.train has unknown keys \['num_step'\] \(did you mean "
+                     r"'num_steps'\?\); known keys: \['checkpoint_every', "):
+    check(tiny_dict(train={"num_step": 3}))
+  config = tiny_dict()
+  config["trian"] = {}
+  with pytest.raises(ConfigError, match=r"unknown sections \['trian'\] \(did you mean 'train'\?\)"):
+    check(config)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.train.bogus=1"], r"^config\.train has unknown keys \['bogus'\] \(nearest: '\w+'\); "
+     r"known keys: \[.*'log_every'.*\]$"),
+    (["--config=c.py", "--noconfig.train.progres_bar"], r"did you mean 'progress_bar'\?"),
+    (["--config.trian.num_steps", "3"], r"^config has unknown sections \['trian'\] \(did you mean "),
+])
+def test_command_line_overrides_of_unknown_keys_are_refused(args, message):
+  with pytest.raises(ConfigError, match=message):
+    check_overrides(args)
+
+
+def test_command_line_overrides_of_known_keys_pass():
+  check_overrides(["--config=configs/default.py:tiny", "--config.train.num_steps=3",
+                   "--noconfig.train.progress_bar", "--config.model.channel_mult", "1",
+                   "--workdir=x", "--", "--config.not.checked"])
+
+
+def test_a_batch_this_machine_cannot_hold_is_refused(monkeypatch):
+  monkeypatch.setattr(host, "host_memory_bytes", lambda: 2**20)  # 1 MiB
+  with pytest.raises(ConfigError, match=r"training with train\.global_batch_size=8 \(0\.0 GiB per host "
+                     r"batch.* more than 90% of this machine's 0\.0 GiB; lower "
+                     r"--config\.train\.global_batch_size"):
+    check(tiny_dict())

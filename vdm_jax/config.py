@@ -2,26 +2,60 @@
 
 A config file (configs/*.py) builds on `base_config()` and returns an ml_collections.ConfigDict
 with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample;
-`ExperimentConfig.from_config_dict` turns each into its frozen dataclass, rejecting unknown keys
-with the list of known ones, and `validate_experiment` checks everything that needs no compilation.
-Config files import only this module (never the trainer).
+`ExperimentConfig.from_config_dict` turns each into its frozen dataclass (each checks its value
+ranges), rejecting unknown keys with the nearest known one and the list of known ones (as does
+`check_overrides` for --config.<section>.<key> flags, before ml_collections parses them), and
+`validate_experiment` checks everything else that needs no compilation: mesh, model vs data, the
+batch vs the dataset and this machine's memory. Each raises ConfigError, one line saying what to
+change. Config files import only this module (never the trainer).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from vdm_jax.data.config import DataConfig, DatasetInfo
 from vdm_jax.diffusion import DiffusionConfig, SamplerConfig
+from vdm_jax.model.build import count_params
 from vdm_jax.model.config import UNetConfig
+from vdm_jax.parallel.host import check_fits_in_memory
 from vdm_jax.parallel.sharding import num_batch_devices
 
 # Config sections that must match for a workdir's checkpoints to be resumed.
 _COMPATIBLE_SECTIONS = ("model", "diffusion")
 _COMPATIBLE_DATA_KEYS = ("name", "num_frames", "resolution", "image_frames")
+
+
+class ConfigError(ValueError):
+  """A config value (or option) that has to change; the message is one line saying how."""
+
+
+# Value ranges: (test, what the value must be). The tests are positive so that NaN fails them.
+Rule = tuple[Callable[[Any], bool], str]
+AT_LEAST_1: Rule = (lambda v: v >= 1, ">= 1")
+AT_LEAST_0: Rule = (lambda v: v >= 0, ">= 0")
+POSITIVE: Rule = (lambda v: v > 0, "> 0")
+PROBABILITY: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
+DECAY: Rule = (lambda v: 0 <= v < 1, "in [0, 1)")
+FINITE: Rule = (lambda v: math.isfinite(v), "a finite number")
+
+
+def check_ranges(section: str, config: Any, rules: dict[str, Rule]) -> None:
+  """ValueError naming the first field of `config` outside its rule and the flag that sets it."""
+  for field, (ok, rule) in rules.items():
+    value = getattr(config, field)
+    if not ok(value):
+      raise ValueError(f"{section}.{field}={value!r} is out of range: it must be {rule}; change "
+                       f"--config.{section}.{field}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +81,11 @@ class OptimConfig:
       raise ValueError(f"optim.optimizer={self.optimizer!r}: use 'adam' or 'adamw'")
     if self.schedule not in ("constant", "cosine"):
       raise ValueError(f"optim.schedule={self.schedule!r}: use 'constant' or 'cosine'")
-    if self.learning_rate <= 0 or self.grad_accum_steps < 1 or self.warmup_steps < 0:
-      raise ValueError("optim.learning_rate must be > 0, grad_accum_steps >= 1, warmup_steps >= 0")
-    if not 0.0 <= self.ema_decay < 1.0:
-      raise ValueError(f"optim.ema_decay={self.ema_decay} must be in [0, 1)")
+    check_ranges("optim", self, {
+        "learning_rate": POSITIVE, "b1": DECAY, "b2": DECAY, "eps": POSITIVE,
+        "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0,
+        "grad_clip_norm": (AT_LEAST_0[0], ">= 0 (0: no clipping)"), "grad_accum_steps": AT_LEAST_1,
+        "ema_decay": DECAY})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +102,15 @@ class TrainConfig:
   cond_dropout: float = 0.1  # probability of dropping the conditioning frames
   progress_bar: bool = True
 
+  def __post_init__(self):
+    check_ranges("train", self, {
+        "global_batch_size": AT_LEAST_1,
+        "num_steps": (AT_LEAST_1[0], ">= 1 (the steps to train; 0 would train nothing)"),
+        "seed": AT_LEAST_0, "log_every": AT_LEAST_1,
+        "sample_every": (AT_LEAST_0[0], ">= 0 (0: sample only at the end)"),
+        "checkpoint_every": AT_LEAST_1, "class_dropout": PROBABILITY, "cond_frames": AT_LEAST_0,
+        "cond_dropout": PROBABILITY})
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
@@ -75,11 +119,21 @@ class MeshConfig:
   fsdp: int = 1
   tensor: int = 1
 
+  def __post_init__(self):
+    check_ranges("mesh", self, {name: (lambda v: v == -1 or v >= 1, ">= 1, or -1 (fill)")
+                                for name in ("data", "fsdp", "tensor")})
+    if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+      raise ValueError(f"mesh data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}: at most one "
+                       "size may be -1 (fill the remaining devices); set the others with --config.mesh")
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   max_to_keep: int = 3
   async_save: bool = True
+
+  def __post_init__(self):
+    check_ranges("checkpoint", self, {"max_to_keep": AT_LEAST_1})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +147,11 @@ class SampleConfig(SamplerConfig):
   guidance_weight: float = 0.0
   fps: int = 8
 
+  def __post_init__(self):
+    super().__post_init__()
+    check_ranges("sample", self, {"num_samples": AT_LEAST_1, "guidance_weight": FINITE,
+                                  "fps": AT_LEAST_1})
+
   def sampler_config(self) -> SamplerConfig:
     """The SamplerConfig part of this section."""
     return SamplerConfig(**{f.name: getattr(self, f.name)
@@ -104,13 +163,53 @@ SECTIONS = {"data": DataConfig, "model": UNetConfig, "diffusion": DiffusionConfi
             "checkpoint": CheckpointConfig, "sample": SampleConfig}
 
 
+def unknown_names_message(where: str, unknown: Sequence[str], known: Sequence[str],
+                          kind: str = "keys") -> str:
+  """One line: the unknown names, the nearest known one of each, and every known name."""
+  hints = []
+  for name in unknown:
+    close = difflib.get_close_matches(name, known, n=1)
+    nearest = close or difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+    hint = f"did you mean {close[0]!r}?" if close else f"nearest: {nearest[0]!r}" if nearest else ""
+    hints.append(f"{name!r}: {hint}" if len(unknown) > 1 else hint)
+  return (f"{where} has unknown {kind} {sorted(unknown)} ({'; '.join(hints)}); known {kind}: "
+          f"{sorted(known)}")
+
+
 def _section(name: str, cls: type, values: Any):
   values = dict(values or {})
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
+  known = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(values) - set(known))
   if unknown:
-    raise ValueError(f"config.{name} has unknown keys {unknown}; known keys: {sorted(known)}")
-  return cls(**values)
+    raise ConfigError(unknown_names_message(f"config.{name}", unknown, known))
+  try:
+    return cls(**values)
+  except (ValueError, TypeError) as err:
+    message = str(err)
+    raise ConfigError(message if message.startswith(f"{name}.") else f"config.{name}: {message}"
+                      ) from err
+
+
+def check_overrides(args: Sequence[str], flag: str = "config") -> None:
+  """ConfigError (one line) if a --config.<section>.<key> argument names an unknown section or key.
+
+  For entry scripts, before absl parses the flags: ml_collections' own check of a locked config
+  ends in chained tracebacks without the known keys.
+  """
+  pattern = re.compile(rf"^--?(?:no)?{re.escape(flag)}\.([^=]+)")
+  for arg in args:
+    if arg == "--":
+      break
+    match = pattern.match(arg)
+    if not match:
+      continue
+    section, _, rest = match.group(1).partition(".")
+    if section not in SECTIONS:
+      raise ConfigError(unknown_names_message(flag, [section], list(SECTIONS), "sections"))
+    key = rest.split(".")[0]
+    known = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if rest and key not in known:
+      raise ConfigError(unknown_names_message(f"{flag}.{section}", [key], known))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +229,7 @@ class ExperimentConfig:
     as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     unknown = sorted(set(as_dict) - set(SECTIONS))
     if unknown:
-      raise ValueError(f"config has unknown sections {unknown}; known: {sorted(SECTIONS)}")
+      raise ConfigError(unknown_names_message("config", unknown, list(SECTIONS), "sections"))
     return cls(**{name: _section(name, c, as_dict.get(name)) for name, c in SECTIONS.items()})
 
   def to_dict(self) -> dict:
@@ -169,18 +268,22 @@ def shrink_to_tiny(config) -> None:
   config.sample.update(num_samples=8, num_steps=4)
 
 
+def _mesh_sizes(mesh: MeshConfig, num_devices: int) -> dict[str, int]:
+  """The axis sizes with the -1 (if any) filled from the devices present."""
+  sizes = dataclasses.asdict(mesh)  # each >= 1, or one -1: MeshConfig checked them
+  fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+  return {k: (max(num_devices // fixed, 1) if v == -1 else v) for k, v in sizes.items()}
+
+
 def _check_mesh(exp: ExperimentConfig, num_devices: int, num_processes: int) -> None:
   """The mesh fits the devices; the batch divides over its batch axes, processes, micro-batches."""
   mesh = dataclasses.asdict(exp.mesh)
   sizes = list(mesh.values())
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh {mesh}: sizes must be positive, with at most one -1 (fill)")
   fixed = int(np.prod([s for s in sizes if s != -1]))
   if num_devices % fixed or (-1 not in sizes and fixed != num_devices):
     raise ValueError(f"mesh {mesh} does not fit the {num_devices} devices present; set e.g. "
                      f"--config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1")
-  batch_devices = num_batch_devices(
-      {k: (num_devices // fixed if v == -1 else v) for k, v in mesh.items()})
+  batch_devices = num_batch_devices(_mesh_sizes(exp.mesh, num_devices))
   gbs = exp.train.global_batch_size
   if gbs % batch_devices:
     raise ValueError(f"train.global_batch_size={gbs} does not divide over the {batch_devices} "
@@ -224,11 +327,52 @@ def _check_model_fits_data(exp: ExperimentConfig, info: DatasetInfo) -> None:
     raise ValueError("sample.guidance_weight != 0 needs a class- or frame-conditioned model")
 
 
+def _check_batch_fits_data(exp: ExperimentConfig, info: DatasetInfo) -> None:
+  """A global batch no larger than the training split (each batch holds distinct examples)."""
+  gbs, n = exp.train.global_batch_size, info.num_train_examples
+  if gbs > n:
+    raise ValueError(f"train.global_batch_size={gbs} is larger than the {n} training examples of "
+                     f"{info.name!r} (split {exp.data.train_split!r}); lower "
+                     f"--config.train.global_batch_size to at most {n}")
+
+
+@functools.lru_cache(maxsize=16)
+def _num_params(model: UNetConfig) -> int:
+  return count_params(model)  # from shapes only; cached: the trainer and its tests ask again
+
+
+def _check_host_memory(exp: ExperimentConfig, info: DatasetInfo, num_devices: int,
+                       num_processes: int) -> None:
+  """One float32 host batch, plus (devices on the CPU: their memory is the host's) the state."""
+  d = exp.data
+  clip = (d.num_frames + d.image_frames) * d.resolution * d.resolution * info.channels * 4
+  batch = exp.train.global_batch_size // num_processes * clip
+  state = 0.0
+  if jax.default_backend() == "cpu":
+    mesh = _mesh_sizes(exp.mesh, num_devices)
+    per_device = _num_params(exp.model) * 4 * 4 / (mesh["fsdp"] * mesh["tensor"])
+    state = per_device * max(num_devices // num_processes, 1)  # params, EMA, 2 Adam moments
+  check_fits_in_memory(
+      batch + state, f"training with train.global_batch_size={exp.train.global_batch_size} ("
+      f"{batch / 2**30:.1f} GiB per host batch, B x T x H x W x C x 4 bytes; {state / 2**30:.1f} GiB "
+      "of parameters, EMA and Adam moments on CPU devices)", "lower --config.train.global_batch_size, "
+      "or shrink the model or shard it with --config.mesh.fsdp")
+
+
 def validate_experiment(exp: ExperimentConfig, info: DatasetInfo, num_devices: int,
                         num_processes: int) -> None:
-  """Every check that needs no compilation; ValueError says what to change."""
-  _check_mesh(exp, num_devices, num_processes)
-  _check_model_fits_data(exp, info)
+  """Every check that needs no compilation; ConfigError says in one line what to change."""
+  try:
+    _check_mesh(exp, num_devices, num_processes)
+    check_ranges("diffusion", exp.diffusion, {"min_snr_gamma": POSITIVE, "p_std": POSITIVE,
+                                              "shift": FINITE, "shift_reference_size": AT_LEAST_0})
+    _check_model_fits_data(exp, info)
+    _check_batch_fits_data(exp, info)
+    _check_host_memory(exp, info, num_devices, num_processes)
+  except ConfigError:
+    raise
+  except ValueError as err:
+    raise ConfigError(str(err)) from err
 
 
 def check_workdir_compatible(manifest: dict, exp: ExperimentConfig, workdir: str) -> None:

@@ -65,8 +65,10 @@ def test_folder_without_readable_video_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="No readable video"):
     video_folder.make_folder_dataset(str(tmp_path / "in"), "bad",
                                      str(tmp_path / "out"), num_frames=4)
+  assert not (tmp_path / "out").exists()  # the failed build removed what it created
+  (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="No video files"):
-    video_folder.make_folder_dataset(str(tmp_path / "out"), "x",
+    video_folder.make_folder_dataset(str(tmp_path / "empty"), "x",
                                      str(tmp_path / "out"))
   with pytest.raises(FileNotFoundError, match="make_video_dataset"):
     data.dataset_info(data.DataConfig(name="folder/missing",

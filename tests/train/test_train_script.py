@@ -1,8 +1,10 @@
 """train.py as a process: SIGTERM saves and exits 0, a rerun resumes and finishes with checkpoints,
-logs and sample videos; two processes with 4 CPU devices each train as one 8-device group."""
+logs and sample videos; two processes with 4 CPU devices each train as one 8-device group; config
+errors (unknown keys, bad values, a batch larger than the dataset) end in one line, no traceback."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -77,6 +79,32 @@ def test_sigterm_saves_exits_cleanly_and_the_rerun_resumes(tmp_path, train_data_
   assert any(f.startswith("events.out.tfevents") for f in files)
   samples = os.listdir(os.path.join(workdir, "samples", f"step_{final:08d}"))
   assert any(f.endswith(".mp4") for f in samples) and any(f.endswith(".gif") for f in samples)
+
+
+CONFIG_ERRORS = {
+    "unknown_key": ("--config.train.bogus=1", r"config\.train has unknown keys \['bogus'\] \(nearest: "
+                    r"'\w+'\); known keys: \[.*'log_every', 'num_steps'.*\]"),
+    "interval_0": ("--config.train.checkpoint_every=0", r"train\.checkpoint_every=0 is out of range: it "
+                   r"must be >= 1; change --config\.train\.checkpoint_every"),
+    "negative_steps": ("--config.train.num_steps=-5", r"train\.num_steps=-5 is out of range"),
+    "batch_over_dataset": ("--config.train.global_batch_size=65536", r"train\.global_batch_size=65536 "
+                           r"is larger than the \d+ training examples of 'moving_shapes'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_ERRORS))
+def test_config_errors_end_in_one_line_before_anything_starts(name, tmp_path, train_data_dir,
+                                                              compile_cache_dir):
+  flag, message = CONFIG_ERRORS[name]
+  workdir = str(tmp_path / "run")
+  done = subprocess.run(train_command(workdir, flag), cwd=ROOT,
+                        env=single_process_env(train_data_dir, compile_cache_dir),
+                        capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert done.returncode != 0
+  assert "Traceback" not in done.stderr, done.stderr[-3000:]
+  last = done.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(rf"train\.py: {message}.*", last), last
+  assert not os.path.exists(workdir)  # refused before the workdir, the state or a compile
 
 
 def free_port():

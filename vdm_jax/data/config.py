@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from vdm_jax.data.paths import check_folder_name
+
+# DataConfig names of datasets made by scripts/make_video_dataset.py: folder/<name>.
+FOLDER_PREFIX = "folder/"
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -59,13 +64,18 @@ class DataConfig:
 
   def __post_init__(self):
     for field in ("num_frames", "frame_stride", "resolution"):
-      if getattr(self, field) < 1:
-        raise ValueError(
-            f"DataConfig.{field} must be >= 1, got {getattr(self, field)}.")
+      if not getattr(self, field) >= 1:
+        raise ValueError(f"data.{field}={getattr(self, field)!r} is out of range: it must be >= 1; "
+                         f"change --config.data.{field}")
     for field in ("image_frames", "prefetch", "shuffle_buffer", "num_workers"):
-      if getattr(self, field) < 0:
-        raise ValueError(
-            f"DataConfig.{field} must be >= 0, got {getattr(self, field)}.")
+      if not getattr(self, field) >= 0:
+        raise ValueError(f"data.{field}={getattr(self, field)!r} is out of range: it must be >= 0; "
+                         f"change --config.data.{field}")
+    if self.name.startswith(FOLDER_PREFIX):
+      try:
+        check_folder_name(self.name[len(FOLDER_PREFIX):])
+      except ValueError as err:
+        raise ValueError(f"data.name={self.name!r}: {err}") from None
 
   @property
   def resolved_data_dir(self) -> str:

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from vdm_jax.data.config import DataConfig, DatasetInfo
+from vdm_jax.data.config import FOLDER_PREFIX, DataConfig, DatasetInfo
+from vdm_jax.data.paths import check_folder_name, removed_on_failure
 from vdm_jax.data.tf_setup import tfds
 
-FOLDER_PREFIX = "folder/"
 FOLDER_BUILDER_NAME = "video_folder"
 
 
@@ -44,10 +44,10 @@ KNOWN_DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
-  """Returns the spec of a DataConfig name; ValueError if unknown."""
+  """Returns the spec of a DataConfig name; ValueError if unknown or not a plain folder name."""
   if name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX):
-    return DatasetSpec(f"{FOLDER_BUILDER_NAME}/{name[len(FOLDER_PREFIX):]}",
-                       "video", "label")
+    folder = check_folder_name(name[len(FOLDER_PREFIX):])
+    return DatasetSpec(f"{FOLDER_BUILDER_NAME}/{folder}", "video", "label")
   if name not in KNOWN_DATASETS:
     raise ValueError(
         f"Unknown dataset name {name!r}. Known: {sorted(KNOWN_DATASETS)}, or "
@@ -82,7 +82,8 @@ def get_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   if spec.embedded:
     builder = _embedded_builder(spec, data_dir)
     if not builder.is_prepared():
-      builder.download_and_prepare(file_format="array_record")
+      with removed_on_failure(data_dir, builder.data_dir):
+        builder.download_and_prepare(file_format="array_record")
     return builder
   if name.startswith(FOLDER_PREFIX):
     root = _folder_dir(spec, data_dir)

@@ -16,6 +16,7 @@ from vdm_jax import data, diffusion
 from vdm_jax.config import ExperimentConfig
 from vdm_jax.generation.sampler import FRAME_METHODS
 from vdm_jax.metrics import video_io
+from vdm_jax.parallel.host import check_fits_in_memory
 
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(diffusion.SamplerConfig))
 
@@ -117,7 +118,8 @@ def plan(exp: ExperimentConfig, opts: GenerateOptions, num_devices: int) -> Plan
     num_devices: devices the batch is split over (the batch is rounded up to a multiple).
 
   Raises:
-    ValueError: naming the option and what to change.
+    ValueError: naming the option and what to change (also: samples that clearly cannot fit in
+      this machine's memory).
   """
   w = exp.sample.guidance_weight if opts.guidance_weight is None else opts.guidance_weight
   _check_guidance(exp.model, opts, w)
@@ -129,8 +131,18 @@ def plan(exp: ExperimentConfig, opts: GenerateOptions, num_devices: int) -> Plan
   batch = min(opts.batch_size or opts.num_samples, opts.num_samples)
   batch = -(-batch // num_devices) * num_devices
   shape = (t, exp.data.resolution, exp.data.resolution, exp.model.out_channels)
+  _check_sample_memory(opts.num_samples, total, shape)
   return Plan(opts.sampling or exp.sample.sampler_config(), float(w), t, total, k, method,
               overlap, batch, -(-opts.num_samples // batch), shape)
+
+
+def _check_sample_memory(num_samples: int, total_frames: int, shape: tuple[int, ...]) -> None:
+  """The N samples are held in host memory as float32: refuse a count that clearly cannot fit."""
+  _, h, w, c = shape
+  check_fits_in_memory(
+      float(num_samples) * total_frames * h * w * c * 4,
+      f"--num_samples={num_samples} ({total_frames} frames of {h}x{w}x{c}, N x frames x H x W x C "
+      "x 4 bytes)", "lower --num_samples (and run again with another --seed for more samples)")
 
 
 def _check_guidance(model: Any, opts: GenerateOptions, w: float) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vdm_jax.data import video_files
+from vdm_jax.data.paths import check_folder_name, removed_on_failure
 
 
 @dataclasses.dataclass
@@ -90,10 +91,13 @@ def make_folder_dataset(input_dir: str, name: str, data_dir: str, *,
     The decode report as a dict (also written to report.json in the dataset
     directory): files read, clips per file, files skipped and why.
 
+  A failed build removes the folders it created under data_dir (and nothing else).
+
   Raises:
     FileNotFoundError: input_dir missing or without video files.
-    ValueError: bad arguments, or no readable video.
+    ValueError: bad arguments (a name that is not one plain folder name), or no readable video.
   """
+  check_folder_name(name)
   if num_frames < 1 or resolution < 1 or frame_stride < 1:
     raise ValueError("num_frames, resolution and frame_stride must be >= 1.")
   if not 0.0 <= test_fraction < 1.0:
@@ -102,9 +106,10 @@ def make_folder_dataset(input_dir: str, name: str, data_dir: str, *,
       name=name, input_dir=input_dir, num_frames=num_frames,
       resolution=resolution, frame_stride=frame_stride, fps=fps,
       max_clips_per_video=max_clips_per_video, test_fraction=test_fraction)
-  builder = VideoFolder(config=config, data_dir=data_dir)
-  builder.download_and_prepare(file_format="array_record")
-  report = builder.report.as_dict() if builder.report else {}
-  with open(os.path.join(builder.data_dir, "report.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  with removed_on_failure(data_dir, os.path.join(data_dir, VideoFolder.name, name)):
+    builder = VideoFolder(config=config, data_dir=data_dir)
+    builder.download_and_prepare(file_format="array_record")
+    report = builder.report.as_dict() if builder.report else {}
+    with open(os.path.join(builder.data_dir, "report.json"), "w") as f:
+      json.dump(report, f, indent=1)
   return report

@@ -17,6 +17,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:tiny].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
+flags.DEFINE_bool("strict_checkpoints", False, "Stop with an error when the latest checkpoint is "
+                  "damaged, instead of resuming from the newest intact one.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,8 +27,12 @@ def main(argv):
   setup_runtime()
   c = FLAGS.config
   initialize_from_flags(c.train.global_batch_size // max(c.optim.grad_accum_steps, 1), dict(c.mesh))
+  from vdm_jax.checkpoints import CheckpointDamaged
   from vdm_jax.train.loop import train_and_evaluate
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, strict_checkpoints=FLAGS.strict_checkpoints)
+  except CheckpointDamaged as e:
+    raise SystemExit(f"train.py: {e}") from e
 
 
 if __name__ == "__main__":

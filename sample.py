@@ -58,6 +58,8 @@ flags.DEFINE_integer("num_frames", None, "Total frames; more than the training l
 flags.DEFINE_integer("overlap", None, "Frames of the previous block each extension block sees.")
 flags.DEFINE_integer("progress_chunks", 8, "Jitted chunks of the step loop (a log line after each).")
 flags.DEFINE_integer("fps", None, "Frames per second of the video files; default the config's.")
+flags.DEFINE_bool("strict_checkpoints", False, "Stop with an error when the latest checkpoint is "
+                  "damaged, instead of sampling from the newest intact one.")
 flags.mark_flags_as_required(["workdir"])
 # Flags passed through as generation.GenerateOptions fields of the same name.
 _OPTION_FLAGS = ("num_samples", "batch_size", "seed", "guidance_weight", "guidance_weight_end",
@@ -76,7 +78,8 @@ def main(argv):
     options["labels"] = [int(label) for label in options["labels"]]
   try:
     output_dir, _ = sample_and_save(FLAGS.workdir, FLAGS.output_dir, fps=FLAGS.fps, step=FLAGS.step,
-                                    use_ema=FLAGS.ema, **options)
+                                    use_ema=FLAGS.ema, fallback=not FLAGS.strict_checkpoints,
+                                    **options)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"sample.py: {e}") from e
   print(f"Samples: {output_dir}")

@@ -21,6 +21,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:tiny].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
+flags.DEFINE_bool("strict_checkpoints", False, "Stop with an error when the latest checkpoint is "
+                  "damaged, instead of resuming from the newest intact one.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,13 +49,14 @@ def main(argv):
   setup_runtime()
   from vdm_jax.config import ConfigError, ExperimentConfig
   c = FLAGS.config
+  from vdm_jax.checkpoints import CheckpointDamaged
   from vdm_jax.train.workdir import WorkdirError
   try:
     ExperimentConfig.from_config_dict(c)  # every value in range before the devices start
     initialize_from_flags(c.train.global_batch_size // c.optim.grad_accum_steps, dict(c.mesh))
     from vdm_jax.train.loop import train_and_evaluate
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, ValueError, FileNotFoundError, WorkdirError) as e:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, strict_checkpoints=FLAGS.strict_checkpoints)
+  except (ConfigError, CheckpointDamaged, ValueError, FileNotFoundError, WorkdirError) as e:
     sys.exit(f"train.py: {e}")
 
 

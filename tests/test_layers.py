@@ -2,7 +2,7 @@
 
 Every import counts, function-local ones too (AST walk). Layers, bottom-up (docs/ARCHITECTURE.md):
 
-    versions, runtime                                  base: import nothing of the project
+    versions, runtime, integrity                       base: import nothing of the project
     diffusion, parallel, metrics                       pure math, sharding, metrics and files
     data (-> metrics), model (-> parallel)
     config                                             the typed experiment config
@@ -31,7 +31,8 @@ ALLOWED = {
     "model": {"parallel"},
     "config": {"data", "diffusion", "model", "parallel"},
     "denoiser": {"diffusion", "model"},
-    "checkpoints": {"config", "versions"},
+    "integrity": set(),
+    "checkpoints": {"config", "integrity", "versions"},
     "generation": {"checkpoints", "config", "data", "denoiser", "diffusion", "metrics", "model",
                    "parallel", "versions"},
     "train": {"checkpoints", "config", "data", "denoiser", "diffusion", "generation", "metrics",

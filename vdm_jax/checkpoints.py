@@ -13,6 +13,13 @@ complete, so a process killed during an (async) save leaves a tmp directory that
 `latest_step()` and `restore()` only see finalized steps, and opening a `Checkpointer` with
 `create=True` deletes such leftovers.
 
+After a save is finalized, process 0 writes `<step>/integrity.json` (every file's size and crc32,
+`vdm_jax.integrity`); `Checkpointer.verify` checks a step against it. Restoring without a named step
+takes the newest intact step: a damaged newer one (truncated or overwritten files, a missing item,
+an unreadable manifest, a failed read) is skipped with one warning line; `fallback=False` (train.py
+and sample.py --strict_checkpoints) raises `CheckpointDamaged` instead, and so does a damaged step
+that the caller named.
+
 Restoring onto another topology (8 devices -> 1, (4, 2) -> (4,)) needs an abstract target that
 carries the NEW shardings; build one with `abstract_like(state_or_shapes, shardings)`.
 
@@ -28,24 +35,29 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
+from vdm_jax import integrity
 from vdm_jax.config import ExperimentConfig
+from vdm_jax.integrity import CheckpointDamaged  # noqa: F401  (raised here; callers catch it)
 from vdm_jax.versions import library_versions
 
 PyTree = Any
+T = TypeVar("T")
 
 STATE, DATA, MANIFEST = "state", "data", "manifest"
 ITEM_NAMES = (STATE, DATA, MANIFEST)
+_ITEM_WORDS = {STATE: "no 'state' item", DATA: "no 'data' item", MANIFEST: "no manifest"}
+_JSON_FILE = "metadata"  # where ocp.JsonCheckpointHandler puts an item's JSON
 CHECKPOINTS = "checkpoints"  # the folder under a workdir
 _PARAM_KEYS = {True: "ema", False: "params"}  # use_ema -> the train state's key
 _MODEL_HINT = ("The checkpoint does not match the model rebuilt from its manifest: was it written "
@@ -69,16 +81,18 @@ def make_manifest(exp: ExperimentConfig, mesh: jax.sharding.Mesh, dataset: dict,
           "num_params": int(num_params)}
 
 
-def read_experiment(workdir: str, step: int | None = None) -> tuple[ExperimentConfig, int, dict]:
-  """(ExperimentConfig, step, manifest) of checkpoint `step` (latest when None); no array read.
+def read_experiment(workdir: str, step: int | None = None, *,
+                    fallback: bool = True) -> tuple[ExperimentConfig, int, dict]:
+  """(ExperimentConfig, step, manifest) of checkpoint `step` (None: the newest intact); no array read.
 
   Raises:
     FileNotFoundError: no checkpoint (or none for `step`) in workdir.
+    CheckpointDamaged: `step` is damaged, or (None) the latest is and not `fallback`, or all are.
     ValueError: the manifest holds no config.
   """
   with Checkpointer(checkpoint_dir(workdir), create=False, async_save=False) as ckpt:
-    step = ckpt.resolve_step(step)
-    manifest = ckpt.read_manifest(step)
+    step, manifest = ckpt.newest_intact(lambda s: (s, ckpt.read_manifest(s, fallback=False)),
+                                        step=step, fallback=fallback and step is None)
   if "config" not in manifest:
     raise ValueError(f"checkpoint step {step} in {checkpoint_dir(workdir)} has no config in its "
                      "manifest, so the model cannot be rebuilt; it was not written by train.py")
@@ -96,10 +110,19 @@ def restore_params(workdir: str, step: int, target: PyTree, *, use_ema: bool = T
     use_ema: restore 'ema' (True) or 'params'.
 
   Raises:
+    CheckpointDamaged: the step is damaged (the message lists the intact steps).
     ValueError: the checkpoint's parameters differ from the target's tree, shapes or dtypes.
   """
   with Checkpointer(checkpoint_dir(workdir), create=False, async_save=False) as ckpt:
-    return ckpt.restore_item(step, _PARAM_KEYS[bool(use_ema)], target)
+    return ckpt.newest_intact(lambda s: ckpt.restore_item(s, _PARAM_KEYS[bool(use_ema)], target),
+                              step=step, fallback=False)
+
+
+def restore_newest_intact(workdir: str, restore: Callable[[int], T], *, step: int | None = None,
+                          fallback: bool = True) -> T:
+  """`Checkpointer.newest_intact` on workdir's checkpoints, read-only (nothing is renamed)."""
+  with Checkpointer(checkpoint_dir(workdir), create=False, async_save=False) as ckpt:
+    return ckpt.newest_intact(restore, step=step, fallback=fallback)
 
 
 def abstract_like(state: PyTree, shardings: PyTree | jax.sharding.Sharding | None = None) -> PyTree:
@@ -133,7 +156,8 @@ class Checkpointer:
   Saving a step that is already saved is a no-op (logged): in a deterministic run the same step
   holds the same state, and a training loop may reach its final-step save and a periodic save at
   the same step. Saving a step older than the latest one raises ValueError (Orbax would skip it
-  silently).
+  silently). Every restore and manifest read first verifies the step (`verify`); see
+  `newest_intact` for what happens to a damaged one.
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
@@ -151,6 +175,8 @@ class Checkpointer:
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(os.fspath(directory))
+    self._writable, self._async = create, async_save
+    self._unsealed: list[int] = []  # saved, integrity.json not yet written
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
         enable_async_checkpointing=async_save)
@@ -203,23 +229,30 @@ class Checkpointer:
       raise ValueError(
           f"cannot save step {step}: {self.directory} already holds the newer step {latest}. "
           "Resume from the latest step, or use a fresh --workdir.")
-    data_state = _checked_json(data_state, "data_state")
-    manifest = _checked_json(manifest, "manifest")
-    _check_leaves(state)
+    data_state = integrity.checked_json(data_state, "data_state")
+    manifest = integrity.checked_json(manifest, "manifest")
+    integrity.check_leaves(state)
     if check_finite:
-      _check_finite(step, state)
+      integrity.check_finite(step, state)
+    self._seal()  # Orbax's save would wait for the previous save here anyway
     self._manager.save(step, force=True, args=ocp.args.Composite(**{
         STATE: ocp.args.PyTreeSave(state),
         DATA: ocp.args.JsonSave(data_state),
         MANIFEST: ocp.args.JsonSave(manifest)}))
+    self._unsealed.append(step)
+    if not self._async:
+      self._seal()
 
-  def restore(self, step: int | None = None, *, target: PyTree) -> tuple[PyTree, dict, dict]:
-    """Restores step `step` (latest when None) onto the shardings carried by `target`.
+  def restore(self, step: int | None = None, *, target: PyTree,
+              fallback: bool = True) -> tuple[PyTree, dict, dict]:
+    """Restores step `step` (None: the newest intact one) onto the shardings carried by `target`.
 
     Args:
-      step: the step to restore; None for the latest finalized one.
+      step: the step to restore, damaged or not; None for the latest, or with `fallback` the
+        newest intact one (see `newest_intact`).
       target: the abstract state, a pytree of `jax.ShapeDtypeStruct` with shardings (see
         `abstract_like`), with the structure, shapes and dtypes of the saved state.
+      fallback: with `step` None, skip damaged newer steps (a warning) instead of raising.
 
     Returns:
       (state, data_state, manifest): `state` has the structure of `target` and each leaf its
@@ -227,46 +260,114 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: there is no checkpoint, or no checkpoint for `step`.
+      CheckpointDamaged: `step` (or without `fallback` the latest) is damaged, or every step is.
       ValueError: `target` does not match the saved tree, shapes or dtypes, or lacks a sharding.
     """
-    step = self.resolve_step(step)
-    _check_target(target, self._saved_tree(step), step, self.directory)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        STATE: _restore_args(target),
-        DATA: ocp.args.JsonRestore(),
-        MANIFEST: ocp.args.JsonRestore()}))
-    return restored[STATE], dict(restored[DATA] or {}), dict(restored[MANIFEST] or {})
+    def restore(s: int) -> tuple[PyTree, dict, dict]:
+      integrity.check_target(target, self._saved_tree(s), s, self.directory)
+      restored = self._read(s, ocp.args.Composite(**{
+          STATE: _restore_args(target), DATA: ocp.args.JsonRestore(),
+          MANIFEST: ocp.args.JsonRestore()}))
+      return restored[STATE], dict(restored[DATA] or {}), dict(restored[MANIFEST] or {})
+
+    return self.newest_intact(restore, step=step, fallback=fallback and step is None)
 
   def restore_item(self, step: int, key: str, target: PyTree) -> PyTree:
-    """Restores only state[key] (e.g. "ema") of step `step` onto target's shardings."""
+    """Restores only state[key] (e.g. "ema") of step `step` onto target's shardings (no verify)."""
     step = self.resolve_step(step)
     saved = self._saved_tree(step)
     where = f"checkpoint step {step} in {self.directory}"
     if not isinstance(saved, dict) or key not in saved:
       raise ValueError(f"{where} holds no '{key}' parameters. {_MODEL_HINT}")
-    _check_target({key: target}, {key: saved[key]}, step, self.directory, hint=_MODEL_HINT)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+    integrity.check_target({key: target}, {key: saved[key]}, step, self.directory, hint=_MODEL_HINT)
+    restored = self._read(step, ocp.args.Composite(**{
         STATE: _restore_args({key: target}, partial=True)}))
     return restored[STATE][key]
 
   def _saved_tree(self, step: int) -> PyTree:
-    saved = self._manager.item_metadata(step)[STATE]
+    saved = self._read(step, None)[STATE]
     return getattr(saved, "tree", saved)
 
-  def read_manifest(self, step: int | None = None) -> dict:
-    """Reads the manifest of step `step` (latest when None) without reading any array."""
-    step = self.resolve_step(step)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(**{MANIFEST: ocp.args.JsonRestore()}))
-    return dict(restored[MANIFEST] or {})
+  def _read(self, step: int, args: ocp.args.Composite | None) -> Any:
+    """Orbax's restore of `args` (None: the item metadata); any failure as CheckpointDamaged."""
+    try:
+      with integrity.quiet_orphaned_reads():
+        if args is None:
+          return self._manager.item_metadata(step)
+        return self._manager.restore(step, args=args)
+    except Exception as e:  # Orbax and TensorStore raise chains of many types
+      if isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e):
+        raise  # the device, not the checkpoint
+      logging.debug("restoring step %d of %s failed", step, self.directory, exc_info=True)
+      raise integrity.damaged(self.directory, step,
+                              f"failed to restore ({integrity.one_line(e)})") from None
+
+  def read_manifest(self, step: int | None = None, *, fallback: bool = True) -> dict:
+    """The manifest of step `step` (None: the newest intact step), without reading any array."""
+    def read(s: int) -> dict:
+      return dict(self._read(s, ocp.args.Composite(**{MANIFEST: ocp.args.JsonRestore()}))[MANIFEST]
+                  or {})
+
+    return self.newest_intact(read, step=step, fallback=fallback and step is None)
+
+  def verify(self, step: int) -> str | None:
+    """None, or one line saying what is wrong with step's files (no array is read).
+
+    Checks that the items and the manifest's JSON are there, and every file against the step's
+    integrity.json (sizes, crc32); a step without integrity.json (saved before it existed) passes.
+    """
+    reason = self._damage(int(step))
+    return None if reason is None else f"checkpoint step {step} in {self.directory} {reason}"
+
+  def _damage(self, step: int) -> str | None:
+    return integrity.check_step(os.path.join(self.directory, str(step)), _ITEM_WORDS,
+                                os.path.join(MANIFEST, _JSON_FILE))
+
+  def newest_intact(self, restore: Callable[[int], T], *, step: int | None = None,
+                    fallback: bool = True) -> T:
+    """restore(s) for s = `step` (None: the latest) or, with `fallback`, the newest intact older s.
+
+    A step is damaged when `verify` finds it so or restore raises CheckpointDamaged. Skipped steps
+    are logged in one warning; a writable Checkpointer (create=True: the trainer's) renames them
+    to `<step>.damaged`, out of Orbax's sight, so that the resumed run saves those steps anew.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint, or none for `step`.
+      CheckpointDamaged: the first step tried is damaged and not `fallback` (the message lists the
+        intact steps), or every step is damaged.
+    """
+    first = self.resolve_step(step)
+    steps = [s for s in reversed(self.all_steps()) if s <= first]
+    result, skipped = integrity.newest_intact(self.directory, steps, self._damage, restore,
+                                              fallback=fallback, every=self.all_steps())
+    if skipped and self._writable:
+      if jax.process_index() == 0:
+        for s in skipped:
+          path = os.path.join(self.directory, str(s))
+          if os.path.isdir(path):
+            logging.warning("moved damaged step %d to %s", s, integrity.set_aside(path))
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("vdm_jax: damaged checkpoints set aside")
+      self._manager.reload()
+    return result
+
+  def _seal(self) -> None:
+    """Waits for pending saves; then process 0 writes integrity.json into each step finalized."""
+    self._manager.wait_until_finished()
+    steps, self._unsealed = self._unsealed, []
+    if jax.process_index() == 0:
+      for step in steps:
+        path = os.path.join(self.directory, str(step))
+        if os.path.isdir(path):  # not deleted (max_to_keep) nor left unfinished meanwhile
+          integrity.seal(path)
 
   def wait_until_finished(self) -> None:
-    """Blocks until pending async saves are written and finalized."""
-    self._manager.wait_until_finished()
+    """Blocks until pending async saves are written, finalized and sealed (integrity.json)."""
+    self._seal()
 
   def close(self) -> None:
     """Waits for pending saves, then releases the manager's resources."""
-    self._manager.wait_until_finished()
+    self._seal()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:
@@ -277,7 +378,7 @@ class Checkpointer:
 
   def resolve_step(self, step: int | None) -> int:
     """Maps None to the latest step; raises FileNotFoundError for missing steps."""
-    self._manager.wait_until_finished()
+    self._seal()
     steps = self.all_steps()
     if not steps:
       raise FileNotFoundError(
@@ -294,80 +395,3 @@ def _restore_args(target: PyTree, partial: bool = False) -> ocp.args.PyTreeResto
   return ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=partial)
-
-
-def _path_str(path: Sequence[Any]) -> str:
-  """A key path as 'params/layers/0/kernel', the same for dicts, lists, attributes and metadata."""
-  parts = []
-  for k in path:
-    for attr in ("key", "idx", "name"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
-
-
-def _leaves_by_path(tree: PyTree) -> dict[str, Any]:
-  return {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _check_leaves(state: PyTree) -> None:
-  for path, x in _leaves_by_path(state).items():
-    dtype = getattr(x, "dtype", None)
-    if dtype is None or not hasattr(x, "shape"):
-      raise TypeError(f"state leaf '{path}' is a {type(x).__name__}, not an array: "
-                      "put arrays only in the saved state (jnp.asarray(...)).")
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-      raise TypeError(f"state leaf '{path}' is a typed PRNG key: save "
-                      "jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data.")
-
-
-def _check_finite(step: int, state: PyTree) -> None:
-  """Raises FloatingPointError naming the first floating leaf holding NaN or Inf."""
-  leaves = {p: x for p, x in _leaves_by_path(state).items()
-            if jax.dtypes.issubdtype(x.dtype, np.inexact)}
-  # One async dispatch per leaf, one host transfer for all of them.
-  finite = jax.device_get([jax.numpy.isfinite(x).all() for x in leaves.values()])
-  for path, ok in zip(leaves, finite):
-    if not ok:
-      raise FloatingPointError(
-          f"refusing to save checkpoint step {step}: leaf '{path}' holds NaN or Inf. "
-          "Lower the learning rate, check the data, or resume from the last checkpoint.")
-
-
-def _checked_json(value: dict | None, name: str) -> dict:
-  value = {} if value is None else value
-  if not isinstance(value, dict):
-    raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
-  try:
-    json.dumps(value)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"{name} must be JSON-serializable ({e}); convert ConfigDicts with "
-                    ".to_dict() and numpy scalars with .item().") from e
-  return value
-
-
-def _check_target(target: PyTree, saved: PyTree, step: int, directory: str,
-                  hint: str = "Build the target from the same model config.") -> None:
-  """Compares target against the saved metadata; raises ValueError at the first mismatch."""
-  want = _leaves_by_path(target)
-  have = _leaves_by_path(saved)
-  where = f"checkpoint step {step} in {directory}"
-  for path, t in want.items():
-    if path not in have:
-      raise ValueError(f"restore target leaf '{path}' is not in {where}; saved leaves start "
-                       f"with {sorted(have)[:5]}. {hint}")
-    s = have[path]
-    if tuple(t.shape) != tuple(s.shape) or np.dtype(t.dtype) != np.dtype(s.dtype):
-      raise ValueError(
-          f"restore target leaf '{path}' is {tuple(t.shape)} {np.dtype(t.dtype)} but {where} "
-          f"holds {tuple(s.shape)} {np.dtype(s.dtype)}. {hint}")
-    if getattr(t, "sharding", None) is None:
-      raise ValueError(f"restore target leaf '{path}' has no sharding: build the target with "
-                       "abstract_like(state, shardings).")
-  extra = sorted(set(have) - set(want))
-  if extra:
-    raise ValueError(f"{where} holds leaf '{extra[0]}' (shape {tuple(have[extra[0]].shape)}) "
-                     f"that the restore target lacks ({len(extra)} such leaves). {hint}")

@@ -66,21 +66,34 @@ class SamplingModel:
 
 
 def restore_model(workdir: str, step: int | None = None, *, use_ema: bool = True,
-                  devices: Sequence[jax.Device] | None = None) -> SamplingModel:
+                  devices: Sequence[jax.Device] | None = None, fallback: bool = True) -> SamplingModel:
   """Rebuilds the model from the manifest of `step` (latest when None) and restores its params.
 
   The parameters are sharded over a (data=-1, fsdp=1, tensor=1) mesh of `devices` (default all
-  present), whatever mesh the checkpoint was saved from.
+  present), whatever mesh the checkpoint was saved from. With `step` None and `fallback`, a damaged
+  latest checkpoint is skipped (a warning) for the newest intact one.
 
   Raises:
     FileNotFoundError: no checkpoint (or none for `step`) in workdir.
+    checkpoints.CheckpointDamaged: `step` is damaged (the message lists the intact steps), or
+      (`step` None) the latest is and not `fallback`, or every step is.
     ValueError: the checkpoint does not match the model its manifest describes.
   """
-  exp, step, manifest = checkpoints.read_experiment(workdir, step)
+  return _restore_model(workdir, step, step is None and fallback, use_ema, devices)
+
+
+def _restore_model(workdir: str, first: int | None, fallback: bool, use_ema: bool,
+                   devices: Sequence[jax.Device] | None) -> SamplingModel:
+  """restore_model of step `first` (None: the latest) or, with `fallback`, of an older intact one."""
   mesh = make_mesh(data=-1, fsdp=1, tensor=1, devices=devices)
-  graphdef, target, rest = abstract_model(exp.model, mesh, exp.train.seed)
-  params = checkpoints.restore_params(workdir, step, target, use_ema=use_ema)
-  return SamplingModel(exp, graphdef, rest, params, mesh, step, use_ema, manifest)
+
+  def restore(step: int) -> SamplingModel:
+    exp, _, manifest = checkpoints.read_experiment(workdir, step)
+    graphdef, target, rest = abstract_model(exp.model, mesh, exp.train.seed)
+    params = checkpoints.restore_params(workdir, step, target, use_ema=use_ema)
+    return SamplingModel(exp, graphdef, rest, params, mesh, step, use_ema, manifest)
+
+  return checkpoints.restore_newest_intact(workdir, restore, step=first, fallback=fallback)
 
 
 def _global(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
@@ -240,7 +253,7 @@ def _protocol(model: SamplingModel, opts: GenerateOptions, p: Plan, labels: np.n
 
 def generate_from_workdir(workdir: str, num_samples: int = 8, *, use_ema: bool = True,
                           step: int | None = None, devices: Sequence[jax.Device] | None = None,
-                          **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+                          fallback: bool = True, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
   """Restores a training run's checkpoint and samples from it (what sample.py and evaluation use).
 
   Args:
@@ -249,6 +262,8 @@ def generate_from_workdir(workdir: str, num_samples: int = 8, *, use_ema: bool =
     use_ema: sample with the EMA parameters (True) or the raw ones.
     step: the checkpoint step; None for the latest.
     devices: the devices to shard the batch over; None for all present.
+    fallback: with `step` None, sample from the newest intact checkpoint when the latest is damaged
+      (a warning); False: raise checkpoints.CheckpointDamaged instead.
     **options: GenerateOptions fields (seed, guidance_weight, cond_frames, ...) and
       diffusion.SamplerConfig fields (sampler, num_steps, eta, ...; None keeps the config's).
 
@@ -258,13 +273,14 @@ def generate_from_workdir(workdir: str, num_samples: int = 8, *, use_ema: bool =
   Raises:
     FileNotFoundError: no checkpoint (for `step`) in workdir, or no conditioning video file.
     ValueError: an option the model cannot take, a checkpoint that does not match its model, or a
-      conditioning video of the wrong length or resolution.
+      conditioning video of the wrong length or resolution; checkpoints.CheckpointDamaged (a
+      ValueError): see restore_model.
   """
-  exp, step, _ = checkpoints.read_experiment(workdir, step)
+  exp, first, _ = checkpoints.read_experiment(workdir, step, fallback=fallback)
   opts = options_from(exp, num_samples=num_samples, **options)
   check_cond_video(opts)
   plan(exp, opts, len(devices or jax.devices()))  # option errors before reading any array
-  model = restore_model(workdir, step, use_ema=use_ema, devices=devices)
+  model = _restore_model(workdir, first, step is None and fallback, use_ema, devices)
   videos, protocol = generate(model, opts)
   return videos, {"workdir": os.path.abspath(workdir), **protocol}
 

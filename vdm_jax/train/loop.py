@@ -96,7 +96,8 @@ def _check_workdir(workdir: str) -> None:
                      "mounted with gcsfuse")
 
 
-def _prepare(config: Any, workdir: str, lock: WorkdirLock) -> _Run:
+def _prepare(config: Any, workdir: str, lock: WorkdirLock, strict_checkpoints: bool = False
+             ) -> _Run:
   """Validates the config, creates (or resumes) the sharded state and the data iterator."""
   _check_workdir(workdir)
   lock.acquire()  # a workdir that cannot be written or is in use by another run: refused here
@@ -107,8 +108,8 @@ def _prepare(config: Any, workdir: str, lock: WorkdirLock) -> _Run:
   ckpt = checkpoints.Checkpointer(checkpoints.checkpoint_dir(workdir, create=True),
                                   max_to_keep=exp.checkpoint.max_to_keep,
                                   async_save=exp.checkpoint.async_save)
-  if ckpt.latest_step() is not None:
-    check_workdir_compatible(ckpt.read_manifest(), exp, workdir)
+  if ckpt.latest_step() is not None:  # a damaged newer step is skipped (and set aside) unless strict
+    check_workdir_compatible(ckpt.read_manifest(fallback=not strict_checkpoints), exp, workdir)
   mesh = make_mesh(**dataclasses.asdict(exp.mesh))
   tx = make_optimizer(exp.optim, exp.train.num_steps)
   graphdef, rest, state = create_train_state(exp.model, tx, mesh, exp.train.seed)
@@ -121,7 +122,7 @@ def _prepare(config: Any, workdir: str, lock: WorkdirLock) -> _Run:
   data_state = None
   if ckpt.latest_step() is not None:
     target = checkpoints.abstract_like(state, state_shardings(state))
-    state, data_state, _ = ckpt.restore(target=target)
+    state, data_state, _ = ckpt.restore(target=target, fallback=not strict_checkpoints)
     logging.info("resumed from step %d", int(state["step"]))
   train_iter = data.create_train_iterator(exp.data, exp.train.global_batch_size,
                                           seed=exp.train.seed)
@@ -255,11 +256,14 @@ def _loop(run: _Run, compiled: Callable, preempt: _Preemption) -> tuple[int, dic
   return step, last
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: Any, workdir: str, *, strict_checkpoints: bool = False
+                       ) -> dict[str, float]:
   """Trains as `config` says, writing checkpoints, logs and sample videos into `workdir`.
 
   Process 0 holds `WORKDIR/.lock` from before anything is built until the end (train/workdir.py).
 
+  Resumes from the newest intact checkpoint: a damaged newer one is skipped with a warning and set
+  aside, or with `strict_checkpoints` raises checkpoints.CheckpointDamaged.
   Returns the last logged metrics (host floats) with the final "step".
 
   Raises:
@@ -267,11 +271,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       failed (train.py prints these in one line).
   """
   with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
-    return _train(config, workdir, lock)
+    return _train(config, workdir, lock, strict_checkpoints)
 
 
-def _train(config: Any, workdir: str, lock: WorkdirLock) -> dict[str, float]:
-  run = _prepare(config, workdir, lock)
+def _train(config: Any, workdir: str, lock: WorkdirLock, strict_checkpoints: bool) -> dict[str, float]:
+  run = _prepare(config, workdir, lock, strict_checkpoints)
   compiled = _compile(run)
   with _Preemption() as preempt, _finish_saves_on_error(run.ckpt, run.train_iter):
     step, last = _loop(run, compiled, preempt)

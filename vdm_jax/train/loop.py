@@ -100,10 +100,10 @@ def _prepare(config: Any, workdir: str, lock: WorkdirLock, strict_checkpoints: b
              ) -> _Run:
   """Validates the config, creates (or resumes) the sharded state and the data iterator."""
   _check_workdir(workdir)
-  lock.acquire()  # a workdir that cannot be written or is in use by another run: refused here
   exp = ExperimentConfig.from_config_dict(config)
   info = data.dataset_info(exp.data)
-  validate_experiment(exp, info, jax.device_count(), jax.process_count())
+  validate_experiment(exp, info, jax.device_count(), jax.process_count())  # before the workdir
+  lock.acquire()  # a workdir that cannot be written or is in use by another run: refused here
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoints.Checkpointer(checkpoints.checkpoint_dir(workdir, create=True),
                                   max_to_keep=exp.checkpoint.max_to_keep,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -336,11 +335,6 @@ def _check_batch_fits_data(exp: ExperimentConfig, info: DatasetInfo) -> None:
                      f"--config.train.global_batch_size to at most {n}")
 
 
-@functools.lru_cache(maxsize=16)
-def _num_params(model: UNetConfig) -> int:
-  return count_params(model)  # from shapes only; cached: the trainer and its tests ask again
-
-
 def _check_host_memory(exp: ExperimentConfig, info: DatasetInfo, num_devices: int,
                        num_processes: int) -> None:
   """One float32 host batch, plus (devices on the CPU: their memory is the host's) the state."""
@@ -350,7 +344,7 @@ def _check_host_memory(exp: ExperimentConfig, info: DatasetInfo, num_devices: in
   state = 0.0
   if jax.default_backend() == "cpu":
     mesh = _mesh_sizes(exp.mesh, num_devices)
-    per_device = _num_params(exp.model) * 4 * 4 / (mesh["fsdp"] * mesh["tensor"])
+    per_device = count_params(exp.model) * 4 * 4 / (mesh["fsdp"] * mesh["tensor"])
     state = per_device * max(num_devices // num_processes, 1)  # params, EMA, 2 Adam moments
   check_fits_in_memory(
       batch + state, f"training with train.global_batch_size={exp.train.global_batch_size} ("

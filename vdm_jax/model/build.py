@@ -7,6 +7,7 @@ is never whole on one device.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -82,6 +83,12 @@ def _materialize_rest(abstract_rest: nnx.State, seed: int) -> nnx.State:
 def count_params(model: UNetConfig | Any) -> int:
   """Number of parameters of a UNetConfig (from shapes only, nothing allocated) or of a params tree."""
   if isinstance(model, UNetConfig):
-    abstract = nnx.eval_shape(lambda: UNet(model, rngs=nnx.Rngs(0)))
-    model = nnx.state(abstract, nnx.Param)
+    return _config_param_count(model)
   return int(sum(x.size for x in jax.tree.leaves(model)))
+
+
+@functools.lru_cache(maxsize=16)
+def _config_param_count(config: UNetConfig) -> int:
+  """Cached: validation, the manifest and tests ask for the same frozen config again."""
+  abstract = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
+  return count_params(nnx.state(abstract, nnx.Param))

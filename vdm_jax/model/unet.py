@@ -15,7 +15,8 @@ from flax import nnx
 
 from vdm_jax.model.attention import SpatialAttention, TemporalAttention
 from vdm_jax.model.config import UNetConfig
-from vdm_jax.model.layers import Conv2D, Dense, GroupNorm, sinusoidal_embedding
+from vdm_jax.model.inputs import Embedding, assemble_inputs, check_inputs, input_channels
+from vdm_jax.model.layers import Conv2D, Dense, GroupNorm
 from vdm_jax.parallel.logical import constrain
 
 ACT_AXES = ("batch", "time", "height", "width", "channels")
@@ -85,31 +86,6 @@ class Upsample(nnx.Module):
     return _frames(self.conv, x)
 
 
-class Embedding(nnx.Module):
-  """Noise level [B] (and labels [B]) -> [B, E]: sinusoidal features, MLP, + class embedding."""
-
-  def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
-    kw = dict(dtype=jnp.float32, param_dtype=jnp.dtype(config.param_dtype))
-    e, c = config.embedding_dim, config.base_channels
-    self.sin_dim = c
-    dims = [c] + [e] * config.emb_mlp_layers
-    self.mlp = nnx.List([Dense(a, b, rngs=rngs, **kw) for a, b in zip(dims[:-1], dims[1:])])
-    # Row num_classes is the learned null class (classifier-free guidance).
-    self.label_emb = nnx.Param(
-        jax.random.normal(rngs.params(), (config.num_classes + 1, e), kw["param_dtype"]),
-        logical_axes=("vocab", "embed")) if config.num_classes else None
-
-  def __call__(self, noise_level: jax.Array, labels: jax.Array | None) -> jax.Array:
-    h = sinusoidal_embedding(noise_level, self.sin_dim)
-    for i, layer in enumerate(self.mlp):
-      h = layer(h)
-      if i < len(self.mlp) - 1:
-        h = jax.nn.silu(h)
-    if self.label_emb is not None:
-      h = h + self.label_emb[...].astype(jnp.float32)[labels]
-    return h  # [B, E] float32
-
-
 def _apply(block, remat: bool, *args, **static_kwargs):
   """block(*args, **static_kwargs), rematerialised when `remat`; kwargs stay Python values."""
   if not remat:
@@ -132,8 +108,8 @@ class UNet(nnx.Module):
     self.config = config
     cfg = config
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-    self.embed = Embedding(cfg, rngs=rngs)
-    cin = cfg.in_channels + (cfg.cond_channels + 1 if cfg.cond_channels else 0)
+    self.embed = Embedding(cfg, cfg.base_channels, rngs=rngs)
+    cin = input_channels(cfg)
     ch = cfg.level_channels(0)
     self.conv_in = Conv2D(cin, ch, rngs=rngs, conv_impl=cfg.conv_impl, **kw)
     skips, res = [ch], None
@@ -186,14 +162,10 @@ class UNet(nnx.Module):
     Returns:
       [B, T, H, W, out_channels] float32.
     """
-    self._check_inputs(z, noise_level, labels, cond_frames, cond_mask, image_mask)
     cfg = self.config
+    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask)
     emb = self.embed(noise_level, labels)
-    x = z.astype(jnp.float32)
-    if cfg.cond_channels:
-      m = cond_mask.astype(jnp.float32)[:, :, None, None, None]  # [B, T, 1, 1, 1]
-      mask_ch = jnp.broadcast_to(m, (*z.shape[:4], 1))
-      x = jnp.concatenate([x, cond_frames.astype(jnp.float32) * m, mask_ch], axis=-1)
+    x = assemble_inputs(cfg, z, cond_frames, cond_mask)
     h = constrain(_frames(self.conv_in, x.astype(jnp.dtype(cfg.dtype))), ACT_AXES)
     hs = [h]
     for block in self.down:
@@ -212,35 +184,6 @@ class UNet(nnx.Module):
     if isinstance(block, Stage):
       return block(h, emb, image_mask, deterministic)
     return block(h)
-
-  def _check_inputs(self, z, noise_level, labels, cond_frames, cond_mask, image_mask) -> None:
-    cfg = self.config
-    if z.ndim != 5 or z.shape[-1] != cfg.in_channels:
-      raise ValueError(f"z must be [B, T, H, W, {cfg.in_channels}], got {z.shape}.")
-    b, t, hh, ww, _ = z.shape
-    cfg.validate(t, hh, ww)
-    if noise_level.shape != (b,):
-      raise ValueError(f"noise_level must be [B]=({b},), got {noise_level.shape}.")
-    if cfg.num_classes and (labels is None or labels.shape != (b,)):
-      raise ValueError(f"num_classes={cfg.num_classes}: pass labels [B]=({b},) "
-                       f"(use {cfg.num_classes} for the null class).")
-    if not cfg.num_classes and labels is not None:
-      raise ValueError("labels given but num_classes=0; set num_classes in the config.")
-    if cfg.cond_channels:
-      if cond_frames is None or cond_mask is None:
-        raise ValueError(f"cond_channels={cfg.cond_channels}: pass cond_frames and cond_mask.")
-      if cond_frames.shape != (b, t, hh, ww, cfg.cond_channels) or cond_mask.shape != (b, t):
-        raise ValueError(f"cond_frames must be {(b, t, hh, ww, cfg.cond_channels)} and cond_mask "
-                         f"{(b, t)}; got {cond_frames.shape} and {cond_mask.shape}.")
-    elif cond_frames is not None or cond_mask is not None:
-      raise ValueError("cond_frames given but cond_channels=0; set cond_channels in the config.")
-    if image_mask is not None:
-      if image_mask.shape != (b, t):
-        raise ValueError(f"image_mask must be [B, T]={(b, t)}, got {image_mask.shape}.")
-      if cfg.temporal_downsample:
-        raise ValueError("image_mask cannot be combined with temporal_downsample (pooling frames "
-                         "would mix images); set temporal_downsample=().")
-
 
 class Stage(nnx.Module):
   """One residual block, then (at attention levels) spatial and temporal attention."""

@@ -1,0 +1,91 @@
+"""What every backbone does with its inputs before its own layers: one definition, shared.
+
+The noise-level/class embedding, the input channels (the noisy video plus any conditioning
+concatenated as channels) and the checks of the conditioning arguments against the model config.
+A backbone (U-Net, DiT) calls these, so a new kind of conditioning is added here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vdm_jax.model.layers import Dense, sinusoidal_embedding
+
+
+class Embedding(nnx.Module):
+  """Noise level [B] (and labels [B]) -> [B, E]: sinusoidal features, MLP, + class embedding.
+
+  Args:
+    config: the model config (embedding_dim, emb_mlp_layers, num_classes, param_dtype).
+    sin_dim: width of the sinusoidal features of the noise level.
+  """
+
+  def __init__(self, config: Any, sin_dim: int, *, rngs: nnx.Rngs):
+    kw = dict(dtype=jnp.float32, param_dtype=jnp.dtype(config.param_dtype))
+    e = config.embedding_dim
+    self.sin_dim = sin_dim
+    dims = [sin_dim] + [e] * config.emb_mlp_layers
+    self.mlp = nnx.List([Dense(a, b, rngs=rngs, **kw) for a, b in zip(dims[:-1], dims[1:])])
+    # Row num_classes is the learned null class (classifier-free guidance).
+    self.label_emb = nnx.Param(
+        jax.random.normal(rngs.params(), (config.num_classes + 1, e), kw["param_dtype"]),
+        logical_axes=("vocab", "embed")) if config.num_classes else None
+
+  def __call__(self, noise_level: jax.Array, labels: jax.Array | None) -> jax.Array:
+    h = sinusoidal_embedding(noise_level, self.sin_dim)
+    for i, layer in enumerate(self.mlp):
+      h = layer(h)
+      if i < len(self.mlp) - 1:
+        h = jax.nn.silu(h)
+    if self.label_emb is not None:
+      h = h + self.label_emb[...].astype(jnp.float32)[labels]
+    return h  # [B, E] float32
+
+
+def input_channels(cfg: Any) -> int:
+  """Channels of `assemble_inputs`' output: z, then conditioning frames and their mask channel."""
+  return cfg.in_channels + (cfg.cond_channels + 1 if cfg.cond_channels else 0)
+
+
+def assemble_inputs(cfg: Any, z: jax.Array, cond_frames: jax.Array | None,
+                    cond_mask: jax.Array | None) -> jax.Array:
+  """[B, T, H, W, input_channels(cfg)] float32: z with the conditioning concatenated as channels."""
+  x = z.astype(jnp.float32)
+  if cfg.cond_channels:
+    m = cond_mask.astype(jnp.float32)[:, :, None, None, None]  # [B, T, 1, 1, 1]
+    mask_ch = jnp.broadcast_to(m, (*z.shape[:4], 1))
+    x = jnp.concatenate([x, cond_frames.astype(jnp.float32) * m, mask_ch], axis=-1)
+  return x
+
+
+def check_inputs(cfg: Any, z, noise_level, labels, cond_frames, cond_mask, image_mask) -> None:
+  """ValueError saying what to pass when the arguments do not match the model config."""
+  if z.ndim != 5 or z.shape[-1] != cfg.in_channels:
+    raise ValueError(f"z must be [B, T, H, W, {cfg.in_channels}], got {z.shape}.")
+  b, t, hh, ww, _ = z.shape
+  cfg.validate(t, hh, ww)
+  if noise_level.shape != (b,):
+    raise ValueError(f"noise_level must be [B]=({b},), got {noise_level.shape}.")
+  if cfg.num_classes and (labels is None or labels.shape != (b,)):
+    raise ValueError(f"num_classes={cfg.num_classes}: pass labels [B]=({b},) "
+                     f"(use {cfg.num_classes} for the null class).")
+  if not cfg.num_classes and labels is not None:
+    raise ValueError("labels given but num_classes=0; set num_classes in the config.")
+  if cfg.cond_channels:
+    if cond_frames is None or cond_mask is None:
+      raise ValueError(f"cond_channels={cfg.cond_channels}: pass cond_frames and cond_mask.")
+    if cond_frames.shape != (b, t, hh, ww, cfg.cond_channels) or cond_mask.shape != (b, t):
+      raise ValueError(f"cond_frames must be {(b, t, hh, ww, cfg.cond_channels)} and cond_mask "
+                       f"{(b, t)}; got {cond_frames.shape} and {cond_mask.shape}.")
+  elif cond_frames is not None or cond_mask is not None:
+    raise ValueError("cond_frames given but cond_channels=0; set cond_channels in the config.")
+  if image_mask is not None:
+    if image_mask.shape != (b, t):
+      raise ValueError(f"image_mask must be [B, T]={(b, t)}, got {image_mask.shape}.")
+    if getattr(cfg, "temporal_downsample", ()):
+      raise ValueError("image_mask cannot be combined with temporal_downsample (pooling frames "
+                       "would mix images); set temporal_downsample=().")

@@ -9,6 +9,7 @@ Every import counts, function-local ones too (AST walk). Layers, bottom-up (docs
     denoiser (model + diffusion), checkpoints (config) where model meets diffusion; the disk format
     generation                                         sampler, planning, running, writing
     train, evaluation                                  the trainer and the evaluation orchestrator
+    study                                              studies: train.py and evaluate.py runs, tables
 """
 
 import ast
@@ -38,6 +39,7 @@ ALLOWED = {
     "train": {"checkpoints", "config", "data", "denoiser", "diffusion", "generation", "metrics",
               "model", "parallel", "runtime", "versions"},
     "evaluation": {"data", "generation", "metrics", "versions"},
+    "study": {"config", "evaluation", "versions"},
 }
 MAX_FUNCTION_LINES = 60
 MAX_FILE_LINES = 400

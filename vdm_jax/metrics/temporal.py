@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -239,11 +241,14 @@ def _chunk_stats(videos: np.ndarray, threshold: float, min_area: int | None,
   return out
 
 
-def mean_over_videos(stats: dict[str, np.ndarray]) -> dict[str, float]:
-  """{name: per-video values [N]} -> {name: mean over the videos that have a value (NaN if none)}."""
+def mean_over_videos(stats: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]
+                     ) -> dict[str, float]:
+  """Per-video values ({name: [N]}, or a list of them, one per batch) -> {name: mean over the videos
+  that have a value (NaN if none)}."""
+  batches = [stats] if isinstance(stats, Mapping) else list(stats)
   out = {}
-  for name, values in stats.items():
-    values = np.asarray(values, np.float64)
+  for name in batches[0]:
+    values = np.concatenate([np.asarray(b[name], np.float64) for b in batches])
     finite = values[np.isfinite(values)]
     out[name] = float(finite.mean()) if finite.size else float("nan")
   return out
@@ -258,13 +263,38 @@ def ratio(generated: float, real: float) -> float:
   return float("inf") if generated > 0 else 1.0
 
 
-def compare(generated: dict[str, float], real: dict[str, float]) -> dict[str, float]:
-  """{name_generated, name_real, name_ratio} for each name of `generated` (real must have it)."""
+def compare(generated: Mapping[str, float], real: Mapping[str, float],
+            names: Iterable[str] = TEMPORAL_METRICS) -> dict[str, float]:
+  """{name_generated, name_real, name_ratio} for each of `names` that is a temporal metric."""
   out = {}
-  for name, gen in generated.items():
-    out.update({f"{name}_generated": gen, f"{name}_real": real[name],
-                f"{name}_ratio": ratio(gen, real[name])})
+  for name in (n for n in names if n in TEMPORAL_METRICS):
+    out.update({f"{name}_generated": generated[name], f"{name}_real": real[name],
+                f"{name}_ratio": ratio(generated[name], real[name])})
   return out
+
+
+def against_real(generated: np.ndarray, real: Mapping[str, float] | None, names: Iterable[str]
+                 ) -> dict[str, float]:
+  """compare() of generated videos against the real means (from mean_over_videos) for those of `names`
+  that are temporal metrics; {} (and nothing computed) when there are none."""
+  names = [n for n in names if n in TEMPORAL_METRICS]
+  if not names:
+    return {}
+  if real is None:
+    raise ValueError(f"Temporal metrics {names} need the real videos' values; none were computed.")
+  return compare(mean_over_videos(video_stats(generated)), real, names)
+
+
+def cache_extra(real: Mapping[str, float] | None) -> dict[str, Any]:
+  """What to store beside cached real-split statistics: the real means and the protocol they follow."""
+  return {"temporal": None if real is None else dict(real), "temporal_protocol": PROTOCOL}
+
+
+def from_cache_extra(extra: Mapping[str, Any]) -> dict[str, float] | None:
+  """The real means stored by cache_extra, or None when absent or measured under another protocol."""
+  if extra.get("temporal_protocol") != PROTOCOL or not extra.get("temporal"):
+    return None
+  return {k: float(v) for k, v in extra["temporal"].items()}
 
 
 def temporal_metrics(generated: np.ndarray, real: np.ndarray, **kwargs) -> dict[str, float]:

@@ -51,14 +51,30 @@ def test_exact_values_on_a_hand_made_video():
 
 
 def test_tracking_follows_positions_not_order():
-  """Two objects of different colours trade their raster order; matched by centroid, no colour changes."""
-  video = np.zeros((1, 5, 24, 24, 3), np.uint8)
-  for t in range(5):
-    video[0, t, 2 + 4 * t:6 + 4 * t, 2:6] = [255, 0, 0]  # red moves down
-    video[0, t, 18 - 4 * t:22 - 4 * t, 14:18] = [0, 0, 255]  # blue moves up: passes red in raster order
+  """Two objects of different colours pass each other, so their raster order swaps between frames 2 and
+  3; matched by centroid (Hungarian), neither changes colour or speed."""
+  video = np.zeros((1, 6, 24, 24, 3), np.uint8)
+  for t in range(6):
+    video[0, t, 6 + 2 * t:10 + 2 * t, 2:6] = [255, 0, 0]  # red moves down
+    video[0, t, 16 - 2 * t:20 - 2 * t, 8:12] = [0, 0, 255]  # blue moves up, 6 px to the right
+  objects = temporal.find_objects(video)
+  np.testing.assert_allclose(objects.colour[[4, 6], 0], [1, 0])  # frame 2: red first; frame 3: blue
   stats = temporal.video_stats(video)
   np.testing.assert_allclose(stats["object_colour_change"], [0.0])
   np.testing.assert_allclose(stats["object_acceleration"], [0.0])
+
+
+def test_a_bounce_off_the_wall_is_not_acceleration():
+  """A square at constant speed reflecting off the right wall (as moving_shapes' shapes do)."""
+  xs = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 26, 24]  # right edge reaches the wall (31) at t = 9
+  video = np.zeros((1, len(xs), 32, 32, 3), np.uint8)
+  for t, x in enumerate(xs):
+    video[0, t, 14:18, x:x + 4] = [64, 255, 64]
+  np.testing.assert_allclose(temporal.video_stats(video)["object_acceleration"], [0.0])
+  video[0, 3] = np.roll(video[0, 3], 1, axis=1)  # one frame a pixel ahead, away from the walls
+  # x: triples around t = 2, 3, 4 accelerate by 1, 2, 1 px; x kept for t = 1..6 (farther from the walls
+  # than a frame's travel + 1.5 px), y (still) for all 10 triples: 4 px over 16 samples, / side 32.
+  np.testing.assert_allclose(temporal.video_stats(video)["object_acceleration"], [4 / 16 / 32], rtol=1e-6)
 
 
 def test_clean_clips_sit_at_the_data_value(clips, clean):

@@ -9,9 +9,14 @@ r"""Evaluates generated videos against a dataset split; every number is written 
   # Frame prediction (BAIR 1 -> 15), best of 4 samples per video, against the split's first videos:
   python scripts/evaluate.py --samples=pred.npz --dataset=bair_robot_pushing_small \
       --metrics=fvd,psnr,ssim,lpips --num_cond_frames=1 --best_of_k=4
+  # Object-level temporal metrics on moving_shapes, each against the data (docs/TEMPORAL_METRICS.md):
+  python scripts/evaluate.py --samples=out/samples.npz --dataset=moving_shapes --resolution=32 \
+      --metrics=colour_drift,colour_shift,object_colour_change,object_count_instability,\
+object_size_change,object_acceleration
 
 Writes eval_results.json (beside the samples, in the workdir, or --output): {"summary": one line,
-"metrics": {...}, "protocol": {generated, real, fvd, frame_prediction, colour_drift, versions, ...}}.
+"metrics": {...}, "protocol": {generated, real, fvd, frame_prediction, colour_drift, temporal, versions,
+...}}.
 Real-set FVD statistics are cached per dataset, split and protocol in --cache_dir.
 """
 
@@ -40,7 +45,8 @@ _RES = flags.DEFINE_integer("resolution", 64, "Real clip height and width (must 
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Generated videos (all in --samples if unset).")
 _NUM_REAL = flags.DEFINE_integer("num_real", None, "Real videos; default as many as generated.")
 _METRICS = flags.DEFINE_list("metrics", ["fvd", "colour_drift"],
-                             f"Any of {', '.join(evaluation.ALL_METRICS)}.")
+                             f"Any of {', '.join(evaluation.ALL_METRICS)} (the temporal "
+                             "ones are defined in docs/TEMPORAL_METRICS.md).")
 _COND = flags.DEFINE_integer("num_cond_frames", 0, "Given (not generated) leading frames.")
 _BEST_OF_K = flags.DEFINE_integer("best_of_k", 1, "Samples per ground-truth video (consecutive rows).")
 _SAMPLER = flags.DEFINE_string("sampler", "ddim", "Sampler for --workdir.")

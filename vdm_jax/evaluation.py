@@ -22,14 +22,12 @@ import numpy as np
 
 from vdm_jax import data
 from vdm_jax.generation import generate_from_workdir
-from vdm_jax.metrics import frame_metrics, video_io
+from vdm_jax.metrics import frame_metrics, temporal, video_io
 from vdm_jax.metrics import fvd as fvd_lib
 from vdm_jax.versions import library_versions
 
 FRAME_METRIC_NAMES = ("psnr", "ssim", "lpips")
-ALL_METRICS = ("fvd", "colour_drift") + FRAME_METRIC_NAMES
-
-
+ALL_METRICS = ("fvd", "colour_drift") + FRAME_METRIC_NAMES + temporal.TEMPORAL_METRICS
 
 
 # ----- Generated videos -----
@@ -97,6 +95,7 @@ class RealSummary:
     shape: (T, H, W, C) of one video.
     fvd_stats: I3D logit statistics (None when FVD is off).
     colour_drift: mean colour drift of the real videos (None when off).
+    temporal: {name: mean over real videos} of every temporal metric (None when off).
     first: the first `keep_first` videos, uint8 [n, T, H, W, C] (ground truth for prediction).
     cache_hit: the FVD statistics came from the cache.
   """
@@ -104,23 +103,24 @@ class RealSummary:
   shape: tuple[int, ...]
   fvd_stats: fvd_lib.FeatureStats | None = None
   colour_drift: float | None = None
+  temporal: dict[str, float] | None = None
   first: np.ndarray | None = None
   cache_hit: bool = False
 
 
 def summarize_real(batches: Iterable[np.ndarray], *, extractor: fvd_lib.I3DFeatureExtractor | None = None,
-                   colour_drift: bool = True, keep_first: int = 0,
+                   colour_drift: bool = True, keep_first: int = 0, temporal_metrics: bool = False,
                    expected_shape: tuple[int, ...] | None = None) -> RealSummary:
   """One pass over real batches (uint8 or float [-1, 1], [b, T, H, W, C]).
 
   Args:
     batches: the real videos.
     extractor: I3D feature extractor; None skips FVD statistics.
-    colour_drift: compute the real colour drift.
+    colour_drift: compute the real colour drift; temporal_metrics: the real metrics.temporal ones.
     keep_first: keep this many leading videos (ground truth for frame prediction).
     expected_shape: (T, H, W, C) of the generated videos, checked on the first batch (before the I3D).
   """
-  feats, drifts, kept, count, shape = [], [], [], 0, None
+  feats, drifts, kept, count, shape, stats = [], [], [], 0, None, []
   for batch in batches:
     batch = video_io.to_uint8(np.asarray(batch))
     if batch.shape[0] == 0:
@@ -133,6 +133,8 @@ def summarize_real(batches: Iterable[np.ndarray], *, extractor: fvd_lib.I3DFeatu
       feats.append(extractor(batch))
     if colour_drift:
       drifts.append(np.asarray(frame_metrics.colour_drift(frame_metrics.to_unit(batch))))
+    if temporal_metrics:
+      stats.append(temporal.video_stats(batch))
     if count < keep_first:
       kept.append(batch[:keep_first - count])
     count += batch.shape[0]
@@ -142,6 +144,7 @@ def summarize_real(batches: Iterable[np.ndarray], *, extractor: fvd_lib.I3DFeatu
       count=count, shape=tuple(shape),
       fvd_stats=fvd_lib.feature_statistics(np.concatenate(feats)) if feats else None,
       colour_drift=float(np.concatenate(drifts).mean()) if drifts else None,
+      temporal=temporal.mean_over_videos(stats) if stats else None,
       first=np.concatenate(kept) if kept else None)
 
 
@@ -179,6 +182,7 @@ def compute_metrics(generated: np.ndarray, real: RealSummary, *, metrics: Iterab
     gen = float(np.asarray(frame_metrics.colour_drift(frame_metrics.to_unit(generated))).mean())
     out.update(colour_drift_generated=gen, colour_drift_real=real.colour_drift,
                colour_drift_ratio=gen / real.colour_drift if real.colour_drift else float("nan"))
+  out.update(temporal.against_real(generated, real.temporal, metrics))  # {} when none is asked for
   frame_names = tuple(m for m in metrics if m in FRAME_METRIC_NAMES)
   if frame_names:
     n = generated.shape[0] // best_of_k
@@ -364,6 +368,7 @@ def _metric_protocols(metrics: tuple[str, ...], real: RealSummary, cache_dir: st
   if "colour_drift" in metrics:
     out["colour_drift"] = {"definition": "mean over frames of ||m_{t+1} - m_t||_2, m = per-frame "
                                          "mean colour in [0, 1]; mean over videos"}
+  out.update({"temporal": temporal.PROTOCOL} if set(metrics) & set(temporal.TEMPORAL_METRICS) else {})
   return out
 
 
@@ -373,21 +378,23 @@ def _real_summary(data_config: Any, real_protocol: Mapping[str, Any], metrics: t
                   expected_shape: tuple[int, ...] | None = None) -> RealSummary:
   """The real-split summary, from the cache when its protocol matches (and no ground truth is needed)."""
   cache_protocol = {**real_protocol, **fvd_lib.PROTOCOL}
-  path = None
+  path, wants_temporal = None, bool(set(metrics) & set(temporal.TEMPORAL_METRICS))
   if cache_dir and "fvd" in metrics:
     path = fvd_lib.stats_cache_path(cache_dir, data_config.name, data_config.eval_split, cache_protocol)
     cached = fvd_lib.load_stats(path, cache_protocol)
     drift_ok = "colour_drift" not in metrics or (
         cached is not None and cached.extra.get("colour_drift") is not None)
-    if cached is not None and keep_first == 0 and drift_ok:
+    stored = temporal.from_cache_extra(cached.extra) if cached is not None else None
+    if cached is not None and keep_first == 0 and drift_ok and (stored or not wants_temporal):
       return RealSummary(count=cached.count, shape=tuple(cached.extra["shape"]), fvd_stats=cached,
-                         colour_drift=cached.extra.get("colour_drift"), cache_hit=True)
+                         colour_drift=cached.extra.get("colour_drift"), temporal=stored, cache_hit=True)
   if real_batches is None:
     real_batches = dataset_batches(data_config, int(real_protocol["count"]), batch_size)
   real = summarize_real(real_batches, extractor=extractor if "fvd" in metrics else None,
                         colour_drift="colour_drift" in metrics, keep_first=keep_first,
-                        expected_shape=expected_shape)
+                        temporal_metrics=wants_temporal, expected_shape=expected_shape)
   if path is not None:
     fvd_lib.save_stats(path, real.fvd_stats, cache_protocol,
-                       extra={"shape": list(real.shape), "colour_drift": real.colour_drift})
+                       extra={"shape": list(real.shape), "colour_drift": real.colour_drift,
+                              **temporal.cache_extra(real.temporal)})
   return real

@@ -21,5 +21,7 @@ def get_study():
       overrides={},
       runs={f"K{k}": {"data.image_frames": k} for k in (0, 4, 8)},
       evaluation=dict(num_samples=256, num_real=256, num_frames=16, sampler="ddim", num_steps=64,
-                      metrics=("fvd", "colour_drift")),
+                      metrics=("fvd", "colour_drift", "colour_shift", "object_colour_change",
+                               "object_count_instability", "object_size_change",
+                               "object_acceleration")),
   )

@@ -44,8 +44,14 @@ def folder(tmp_path_factory):
 
 
 def test_cut_detector_finds_the_known_cuts_and_nothing_in_a_pan(folder):
-  frames, _ = video_files.decode_timed(str(folder / "cuts.mp4"), RES)
+  frames = video_files.decode_timed(str(folder / "cuts.mp4"), RES).frames
   assert curation.detect_cuts(frames) == [16, 32]
+  # At 8 fps from 24: cuts are found among all frames, then moved to the first kept frame after.
+  fast = video_files.decode_timed(_write(folder.parent / "fast.mp4", np.repeat(frames, 3, axis=0), fps=24),
+                                  RES, fps=8, histograms=True)
+  assert fast.source_index.tolist() == list(range(0, 144, 3))
+  assert fast.cuts(curation.CUT_THRESHOLD) == [16, 32]
+  assert curation.map_cuts([30, 76, 300], np.arange(0, 250, 3)) == [10, 26]
   pan = video_io.read_video(_write(folder.parent / "pan.mp4", _pan(4, GREEN, 40, 3)))
   assert curation.detect_cuts(pan) == []
   assert curation.split_at(48, [16, 32]) == [(0, 16), (16, 32), (32, 48)]
@@ -60,8 +66,8 @@ def test_motion_score_ranks_known_speeds_and_zero_for_a_still_shot(tmp_path):
 
 
 def test_phash_flags_a_noised_reencoded_copy_but_not_another_clip(folder):
-  orig, _ = video_files.decode_timed(str(folder / "cuts.mp4"), RES)
-  copy, _ = video_files.decode_timed(str(folder / "dup.mp4"), RES)
+  orig = video_files.decode_timed(str(folder / "cuts.mp4"), RES).frames
+  copy = video_files.decode_timed(str(folder / "dup.mp4"), RES).frames
   h_orig = curation.key_frame_hashes(orig[16:24])
   near = curation.hamming(h_orig, curation.key_frame_hashes(copy[:8])).mean()
   other = curation.hamming(h_orig, curation.key_frame_hashes(orig[32:40])).mean()
@@ -76,11 +82,13 @@ def test_phash_flags_a_noised_reencoded_copy_but_not_another_clip(folder):
 def test_frame_rate_normalisation_selects_frames_by_time(tmp_path):
   frames = _pan(6, BLUE, 24, 1)
   _write(tmp_path / "fast.mp4", frames, fps=24)
-  kept, times = video_files.decode_timed(str(tmp_path / "fast.mp4"), RES, fps=8)
+  decoded = video_files.decode_timed(str(tmp_path / "fast.mp4"), RES, fps=8)
+  kept, times = decoded.frames, decoded.times
   assert len(kept) == 8 and curation.clip_fps(times) == pytest.approx(8.0)
   assert np.abs(kept.astype(int) - frames[::3]).mean() < 8  # frames 0, 3, 6, ...
   _write(tmp_path / "slow.mp4", frames[:8], fps=8)
-  kept, times = video_files.decode_timed(str(tmp_path / "slow.mp4"), RES, fps=24)
+  decoded = video_files.decode_timed(str(tmp_path / "slow.mp4"), RES, fps=24)
+  kept, times = decoded.frames, decoded.times
   assert len(kept) == 8 and curation.clip_fps(times) == pytest.approx(8.0)  # never repeated
 
 
@@ -123,7 +131,8 @@ def test_without_curation_every_clip_is_kept_and_a_short_shot_is_reported(folder
 def test_a_shot_too_short_for_a_clip_is_reported_not_lost():
   frames = np.concatenate([_pan(0, RED, 16, 1), _pan(1, GREEN, 4, 1), _pan(2, BLUE, 16, 1)])
   report = video_files.DecodeReport()
-  kept = video_files.curate_video("v.mp4", frames, np.arange(36) / 8.0, CLIP,
+  decoded = video_files.Decoded(frames, np.arange(36) / 8.0, np.arange(36))
+  kept = video_files.curate_video("v.mp4", decoded, CLIP,
                                   curation.CurationConfig(split_at_cuts=True),
                                   curation.Deduplicator(10.0), report)
   assert [c.key for c in kept] == ["v.mp4:0:0", "v.mp4:0:1", "v.mp4:2:0", "v.mp4:2:1"]

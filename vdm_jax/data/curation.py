@@ -4,7 +4,9 @@ Pure numpy on decoded uint8 frames [L, H, W, 3]; `video_files.decode_folder` run
 
 - shot cuts: per-frame RGB histograms (16 bins a channel); a cut between frames t-1 and t when
   their total-variation distance is at least `cut_threshold` and `CUT_RATIO` times the median
-  distance of the neighbouring frame pairs (so a fast pan or a flicker does not count).
+  distance of the neighbouring frame pairs (so a fast pan or a flicker does not count). The
+  decoder finds them among all the source's frames and moves them onto the kept frames
+  (`map_cuts`): at a lowered frame rate, fast motion between kept frames looks like a cut.
 - motion: a clip's mean normal-flow speed, |dI/dt| / |grad I| weighted by |grad I|^2, of blurred
   grey frames resized to 64 x 64, in pixels per frame at that size (0 for a still image).
 - near duplicates: DCT perceptual hashes (64 bits) of a clip's first, middle and last frames; a
@@ -23,6 +25,8 @@ import scipy.ndimage
 from vdm_jax.metrics import video_io
 
 HIST_BINS = 16
+CUT_THRESHOLD = 0.15     # the default least histogram distance of a cut
+CUT_SIZE = 64            # frames are subsampled to about this short side for cut detection
 CUT_RATIO = 3.0          # a cut's distance over the median of its neighbours' distances, at least
 CUT_WINDOW = 8           # neighbour frame pairs on each side for that median
 MOTION_SIZE = 64         # frames are resized to this side to measure motion
@@ -43,7 +47,7 @@ class CurationConfig:
     dedup_max_bits: a duplicate's mean Hamming distance over its key frames' 64-bit hashes, at most.
   """
   split_at_cuts: bool = False
-  cut_threshold: float = 0.2
+  cut_threshold: float = CUT_THRESHOLD
   drop_static: bool = False
   min_motion: float = 0.1
   dedup: bool = False
@@ -73,17 +77,8 @@ def color_histograms(frames: np.ndarray) -> np.ndarray:
   return counts.reshape(n, c * HIST_BINS) / float(h * w * c)
 
 
-def frame_distances(frames: np.ndarray) -> np.ndarray:
-  """Histogram distance of each consecutive frame pair: [L, H, W, 3] -> [L - 1] in [0, 1]."""
-  hists = color_histograms(frames)
-  return 0.5 * np.abs(np.diff(hists, axis=0)).sum(axis=1)
-
-
-def detect_cuts(frames: np.ndarray, threshold: float = 0.2) -> list[int]:
+def detect_cuts(frames: np.ndarray, threshold: float = CUT_THRESHOLD) -> list[int]:
   """Frame indices t where a new shot starts (a cut between frames t-1 and t).
-
-  A pair is a cut when its histogram distance is >= threshold (absolute test) and >= CUT_RATIO
-  times the median distance of the CUT_WINDOW pairs on each side (adaptive test).
 
   Args:
     frames: uint8 [L, H, W, 3].
@@ -92,7 +87,16 @@ def detect_cuts(frames: np.ndarray, threshold: float = 0.2) -> list[int]:
   Returns:
     Sorted indices in [1, L - 1].
   """
-  dist = frame_distances(frames)  # [L - 1]
+  return detect_cuts_in(color_histograms(frames), threshold)
+
+
+def detect_cuts_in(hists: np.ndarray, threshold: float = CUT_THRESHOLD) -> list[int]:
+  """detect_cuts on color_histograms [L, 48] of the frames.
+
+  A pair is a cut when its histogram distance is >= threshold (absolute test) and >= CUT_RATIO
+  times the median distance of the CUT_WINDOW pairs on each side (adaptive test).
+  """
+  dist = 0.5 * np.abs(np.diff(hists, axis=0)).sum(axis=1)  # [L - 1]
   cuts = []
   for i in np.flatnonzero(dist >= threshold):
     around = np.concatenate([dist[max(i - CUT_WINDOW, 0):i], dist[i + 1:i + 1 + CUT_WINDOW]])
@@ -100,6 +104,16 @@ def detect_cuts(frames: np.ndarray, threshold: float = 0.2) -> list[int]:
     if dist[i] >= CUT_RATIO * local:
       cuts.append(int(i) + 1)
   return cuts
+
+
+def map_cuts(source_cuts: list[int], source_index: np.ndarray) -> list[int]:
+  """Cuts found among all frames -> indices among the kept frames (source_index [L], increasing).
+
+  A cut moves to the first kept frame at or after it; cuts before the first or after the last
+  kept frame, and repeats (a shot with no kept frame), disappear.
+  """
+  kept = np.searchsorted(np.asarray(source_index), np.asarray(source_cuts, np.int64))
+  return sorted({int(k) for k in kept if 0 < k < len(source_index)})
 
 
 def split_at(length: int, cuts: list[int]) -> list[tuple[int, int]]:

@@ -97,9 +97,55 @@ def find_videos(input_dir: str) -> list[tuple[str, str | None]]:
   return found
 
 
+@dataclasses.dataclass
+class Decoded:
+  """A decoded video file.
+
+  Attributes:
+    frames: uint8 [L, R, R, 3], the kept frames (subsampled, centre-cropped, resized).
+    times: float64 [L], their times in seconds, or None when the file has no timestamps.
+    source_index: int [L], each kept frame's index among all the file's frames.
+    histograms: float [N, 48], `curation.color_histograms` of every frame decoded (kept or not,
+      for cut detection at the source rate), or None when not asked for.
+  """
+  frames: np.ndarray
+  times: np.ndarray | None
+  source_index: np.ndarray
+  histograms: np.ndarray | None = None
+
+  def cuts(self, threshold: float) -> list[int]:
+    """Kept-frame indices where a new shot starts (detected at the source rate when it can)."""
+    if self.histograms is None:
+      return curation.detect_cuts(self.frames, threshold)
+    return curation.map_cuts(curation.detect_cuts_in(self.histograms, threshold), self.source_index)
+
+
+def _selected(path: str, frame_stride: int, fps: float | None, histograms: list | None):
+  """Yields (index, rgb, time) of the frames to keep; appends every frame's histogram to histograms."""
+  next_time = None
+  for i, (rgb, time) in enumerate(video_io.iter_frames(path)):
+    if histograms is not None:  # of the centre square the clips keep, subsampled to ~CUT_SIZE
+      h, w, _ = rgb.shape
+      side = min(h, w)
+      step, top, left = max(1, side // curation.CUT_SIZE), (h - side) // 2, (w - side) // 2
+      square = rgb[top:top + side:step, left:left + side:step]
+      histograms.append(curation.color_histograms(square[None])[0])
+    if fps:
+      if time is None:
+        raise ValueError(f"{path!r} has no frame timestamps; use frame_stride instead of fps")
+      if next_time is not None and time + 1e-6 < next_time:
+        continue
+      next_time = time if next_time is None else next_time
+      while next_time <= time + 1e-6:
+        next_time += 1.0 / fps
+    elif i % frame_stride:
+      continue
+    yield i, rgb, time
+
+
 def decode_timed(path: str, resolution: int, *, frame_stride: int = 1,
-                 fps: float | None = None, max_frames: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+                 fps: float | None = None, max_frames: int | None = None,
+                 histograms: bool = False) -> Decoded:
   """Decodes, subsamples, centre-crops and resizes a video file, with each kept frame's time.
 
   With fps, the frame-rate normalisation is by frame selection: for each tick t0 + k / fps
@@ -113,35 +159,25 @@ def decode_timed(path: str, resolution: int, *, frame_stride: int = 1,
     frame_stride: keep every frame_stride-th frame (ignored when fps is set).
     fps: keep frames at this rate (by timestamp), if given.
     max_frames: stop after this many kept frames.
-
-  Returns:
-    (uint8 [L, resolution, resolution, 3], float64 [L] times in seconds, or None when the file
-    has no timestamps).
+    histograms: also give every decoded frame's colour histogram (for cut detection).
 
   Raises:
     FileNotFoundError: no file at path.
     ValueError: not a readable video file, or no frame kept (callers count these).
   """
-  kept, times, next_time = [], [], None
-  for i, (rgb, time) in enumerate(video_io.iter_frames(path)):
-    if fps:
-      if time is None:
-        raise ValueError(f"{path!r} has no frame timestamps; use frame_stride instead of fps")
-      if next_time is not None and time + 1e-6 < next_time:
-        continue
-      next_time = time if next_time is None else next_time
-      while next_time <= time + 1e-6:
-        next_time += 1.0 / fps
-    elif i % frame_stride:
-      continue
+  hists = [] if histograms else None
+  kept, times, index = [], [], []
+  for i, rgb, time in _selected(path, frame_stride, fps, hists):
     kept.append(video_io.center_crop_resize(rgb[None], resolution)[0])
     times.append(time)
+    index.append(i)
     if max_frames and len(kept) >= max_frames:
       break
   if not kept:
     raise ValueError(f"{path!r} gave no decodable frames")
   known = all(t is not None for t in times)
-  return np.stack(kept), (np.asarray(times, np.float64) if known else None)
+  return Decoded(np.stack(kept), np.asarray(times, np.float64) if known else None,
+                 np.asarray(index), np.stack(hists) if hists else None)
 
 
 def decode_frames(path: str, resolution: int, *, frame_stride: int = 1,
@@ -149,12 +185,13 @@ def decode_frames(path: str, resolution: int, *, frame_stride: int = 1,
                   ) -> np.ndarray:
   """decode_timed's frames only: uint8 [L, resolution, resolution, 3]."""
   return decode_timed(path, resolution, frame_stride=frame_stride, fps=fps,
-                      max_frames=max_frames)[0]
+                      max_frames=max_frames).frames
 
 
-def _candidates(path: str, frames: np.ndarray, times: np.ndarray | None, num_frames: int,
-                cuts: list[int], report: DecodeReport) -> list[tuple[str, Clip]]:
+def _candidates(path: str, decoded: Decoded, num_frames: int, cuts: list[int],
+                report: DecodeReport) -> list[tuple[str, Clip]]:
   """(shot key, clip) for every non-overlapping num_frames clip of every shot; short shots reported."""
+  frames, times = decoded.frames, decoded.times
   out, short = [], []
   for s, (start, end) in enumerate(curation.split_at(len(frames), cuts)):
     count = (end - start) // num_frames
@@ -189,14 +226,14 @@ def _drop_reason(clip: Clip, shot: str, kept: int, cfg: curation.CurationConfig,
   return None
 
 
-def curate_video(path: str, frames: np.ndarray, times: np.ndarray | None, num_frames: int,
-                 cfg: curation.CurationConfig, dedup: curation.Deduplicator,
-                 report: DecodeReport, max_clips: int | None = None) -> list[Clip]:
+def curate_video(path: str, decoded: Decoded, num_frames: int, cfg: curation.CurationConfig,
+                 dedup: curation.Deduplicator, report: DecodeReport,
+                 max_clips: int | None = None) -> list[Clip]:
   """A decoded video's kept clips: split at cuts, cut into clips, scored, filtered; all reported.
 
   Args:
     path: the file (clip keys and the report name it).
-    frames: uint8 [L, R, R, 3] decoded frames; times: their times in seconds [L], or None.
+    decoded: the file's frames, times (and histograms, to find cuts at the source rate).
     num_frames: frames per clip.
     cfg: what to split and drop.
     dedup: the kept clips of the files before (updated with this file's kept clips).
@@ -204,10 +241,10 @@ def curate_video(path: str, frames: np.ndarray, times: np.ndarray | None, num_fr
       skipped as too short) and kept clips.
     max_clips: cap on kept clips per video.
   """
-  cuts = curation.detect_cuts(frames, cfg.cut_threshold) if cfg.split_at_cuts else []
-  candidates = _candidates(path, frames, times, num_frames, cuts, report)
+  cuts = decoded.cuts(cfg.cut_threshold) if cfg.split_at_cuts else []
+  candidates = _candidates(path, decoded, num_frames, cuts, report)
   if not candidates:
-    report.skipped[path] = (f"too short: {frames.shape[0]} frames after subsampling"
+    report.skipped[path] = (f"too short: {len(decoded.frames)} frames after subsampling"
                             f"{f' in {len(cuts) + 1} shots' if cuts else ''}, clips need {num_frames}")
     return []
   report.cuts[path] = cuts
@@ -247,13 +284,12 @@ def decode_folder(files: list[tuple[str, str | None]], num_frames: int,
                 if max_clips_per_video and not cfg.active else None)
   for path, label in files:
     try:
-      frames, times = decode_timed(path, resolution, frame_stride=frame_stride,
-                                   fps=fps, max_frames=max_frames)
+      decoded = decode_timed(path, resolution, frame_stride=frame_stride, fps=fps,
+                             max_frames=max_frames, histograms=cfg.split_at_cuts)
     except Exception as err:  # pylint: disable=broad-except
       report.skipped[path] = f"unreadable: {type(err).__name__}: {err}"
       continue
-    clips = curate_video(path, frames, times, num_frames, cfg, dedup, report,
-                         max_clips_per_video)
+    clips = curate_video(path, decoded, num_frames, cfg, dedup, report, max_clips_per_video)
     if clips:
       out.append((path, label, clips))
   if not out:

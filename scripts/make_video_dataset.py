@@ -38,7 +38,8 @@ _DATA_DIR = flags.DEFINE_string(
 _FRAMES = flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
 _RES = flags.DEFINE_integer("resolution", 64, "Output height and width.")
 _STRIDE = flags.DEFINE_integer("frame_stride", 1, "Keep every n-th frame.")
-_FPS = flags.DEFINE_float("fps", None, "Resample to this frame rate instead.")
+_FPS = flags.DEFINE_float("fps", None, "Resample to this frame rate instead (the first frame at or "
+                          "after each 1/fps tick; a slower source keeps its own rate, never repeats).")
 _MAX_CLIPS = flags.DEFINE_integer("max_clips_per_video", None,
                                   "Cap on clips per video.")
 _TEST = flags.DEFINE_float("test_fraction", 0.0,
@@ -50,7 +51,7 @@ _CUT = flags.DEFINE_float("cut_threshold", _DEFAULTS.cut_threshold,
                           "Least colour-histogram distance (0..1) between two frames at a cut.")
 _STATIC = flags.DEFINE_bool("drop_static", False, "Drop clips with a motion score under --min_motion.")
 _MOTION = flags.DEFINE_float("min_motion", _DEFAULTS.min_motion,
-                             "Static below this motion score (pixels per frame at 64x64).")
+                             "Static below this motion score (pixels per second at 64x64).")
 _DEDUP = flags.DEFINE_bool("dedup", False, "Drop near duplicates of clips kept before them.")
 _DEDUP_BITS = flags.DEFINE_float("dedup_max_bits", _DEFAULTS.dedup_max_bits,
                                  "Duplicate at or below this mean perceptual-hash distance (of 64 bits).")
@@ -77,7 +78,7 @@ def main(argv):
         curation_config=curation_config)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"make_video_dataset.py: {e}") from e
-  for d in report["dropped"]:
+  for d in report.get("dropped", []):
     print(f"dropped {d['clip']}: {d['reason']} ({d['detail']})")
   print(json.dumps({k: v for k, v in report.items() if k.startswith("num_") or k == "skipped"},
                    indent=1))

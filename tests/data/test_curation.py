@@ -58,11 +58,14 @@ def test_cut_detector_finds_the_known_cuts_and_nothing_in_a_pan(folder):
 
 
 def test_motion_score_ranks_known_speeds_and_zero_for_a_still_shot(tmp_path):
-  scores = [curation.motion_score(video_io.read_video(_write(tmp_path / f"{s}.mp4", _pan(5, RED, 8, s))))
-            for s in (0, 1, 2, 3)]
-  assert scores[0] < curation.CurationConfig().min_motion < scores[1] < scores[2] < scores[3]
-  # The proxy's unit is pixels per frame at 64 x 64 (a 32-pixel pan of 1 px moves 2 px there).
-  assert 1.0 < scores[1] < 2.5
+  clips = [video_io.read_video(_write(tmp_path / f"{s}.mp4", _pan(5, RED, 8, s))) for s in (0, 1, 2, 3)]
+  per_frame = [curation.motion_score(c) for c in clips]
+  assert per_frame[0] < per_frame[1] < per_frame[2] < per_frame[3]
+  # Pixels per frame at 64 x 64 (a pan of 1 px at 32 moves 2 px there; the proxy reads ~0.6 of it).
+  assert 1.0 < per_frame[1] < 2.5
+  per_second = [curation.motion_score(c, fps=8.0) for c in clips]
+  assert per_second == pytest.approx([8 * s for s in per_frame], rel=1e-6)
+  assert per_second[0] < curation.CurationConfig().min_motion < per_second[1]
 
 
 def test_phash_flags_a_noised_reencoded_copy_but_not_another_clip(folder):

@@ -8,7 +8,8 @@ Pure numpy on decoded uint8 frames [L, H, W, 3]; `video_files.decode_folder` run
   decoder finds them among all the source's frames and moves them onto the kept frames
   (`map_cuts`): at a lowered frame rate, fast motion between kept frames looks like a cut.
 - motion: a clip's mean normal-flow speed, |dI/dt| / |grad I| weighted by |grad I|^2, of blurred
-  grey frames resized to 64 x 64, in pixels per frame at that size (0 for a still image).
+  grey frames resized to 64 x 64, in pixels per second at that size (times the clip's fps, so
+  "static" means the same at any --fps or --frame_stride; 0 for a still image).
 - near duplicates: DCT perceptual hashes (64 bits) of a clip's first, middle and last frames; a
   clip whose mean Hamming distance to a kept clip of another shot is at most `dedup_max_bits` is
   a duplicate (two clips of one shot are its continuation, not copies of each other).
@@ -42,14 +43,14 @@ class CurationConfig:
     split_at_cuts: split each video into shots at detected cuts; no clip spans a cut.
     cut_threshold: least histogram distance (total variation, in [0, 1]) of a cut.
     drop_static: drop clips whose motion score is below min_motion.
-    min_motion: motion threshold, pixels per frame at 64 x 64.
+    min_motion: motion threshold, pixels per second at 64 x 64 (`motion_score`).
     dedup: drop clips that nearly duplicate a clip kept before them.
     dedup_max_bits: a duplicate's mean Hamming distance over its key frames' 64-bit hashes, at most.
   """
   split_at_cuts: bool = False
   cut_threshold: float = CUT_THRESHOLD
   drop_static: bool = False
-  min_motion: float = 0.1
+  min_motion: float = 2.5
   dedup: bool = False
   dedup_max_bits: float = 10.0
 
@@ -128,8 +129,8 @@ def _grey(frames: np.ndarray, size: int) -> np.ndarray:
   return frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def motion_score(clip: np.ndarray) -> float:
-  """A clip's mean normal-flow speed, pixels per frame at MOTION_SIZE x MOTION_SIZE.
+def motion_score(clip: np.ndarray, fps: float = 0.0) -> float:
+  """A clip's mean normal-flow speed, pixels per second (per frame if fps is 0) at 64 x 64.
 
   For each consecutive pair, the least-squares speed along the image gradient
   sum(|I_t| |grad I|) / sum(|grad I|^2) (brightness constancy, I_t = -v . grad I), on frames
@@ -138,6 +139,7 @@ def motion_score(clip: np.ndarray) -> float:
 
   Args:
     clip: uint8 [T, H, W, 3].
+    fps: its frame rate; 0 (unknown) gives pixels per frame.
   """
   grey = _grey(clip, MOTION_SIZE)
   if grey.shape[0] < 2:
@@ -148,7 +150,7 @@ def motion_score(clip: np.ndarray) -> float:
   gy, gx = np.gradient(mid, axis=(1, 2))
   grad = np.sqrt(gx * gx + gy * gy)
   speeds = (dt * grad).sum(axis=(1, 2)) / ((grad * grad).sum(axis=(1, 2)) + 1e-6)
-  return float(speeds.mean())
+  return float(speeds.mean()) * (fps if fps > 0 else 1.0)
 
 
 def phash(frames: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ class Clip:
     key: "<path>:<shot>:<index in shot>", unique in a folder.
     frames: uint8 [T, R, R, 3].
     fps: its frame rate, from the frames' timestamps (0.0 when the file has none).
-    motion: `curation.motion_score` (pixels per frame at 64 x 64).
+    motion: `curation.motion_score` (pixels per second at 64 x 64; per frame when fps is 0).
   """
   key: str
   frames: np.ndarray
@@ -200,9 +200,8 @@ def _candidates(path: str, decoded: Decoded, num_frames: int, cuts: list[int],
       short.append((f"{path}:{s}", f"a shot of {end - start} frames, clips need {num_frames}"))
     for j in range(count):
       lo, hi = start + j * num_frames, start + (j + 1) * num_frames
-      clip = frames[lo:hi]
-      out.append((f"{path}:{s}", Clip(f"{path}:{s}:{j}", clip, curation.clip_fps(
-          None if times is None else times[lo:hi]), curation.motion_score(clip))))
+      clip, fps = frames[lo:hi], curation.clip_fps(None if times is None else times[lo:hi])
+      out.append((f"{path}:{s}", Clip(f"{path}:{s}:{j}", clip, fps, curation.motion_score(clip, fps))))
   if out:
     for key, detail in short:
       report.drop(key, "too_short", detail)
@@ -213,7 +212,7 @@ def _drop_reason(clip: Clip, shot: str, kept: int, cfg: curation.CurationConfig,
                  dedup: curation.Deduplicator, max_clips: int | None) -> tuple[str, str] | None:
   """(reason, detail) to drop clip, or None to keep it (then it is remembered for dedup)."""
   if cfg.drop_static and clip.motion < cfg.min_motion:
-    return "static", f"motion {clip.motion:.3f} < {cfg.min_motion}"
+    return "static", f"motion {clip.motion:.2f} < {cfg.min_motion}"
   hashes = curation.key_frame_hashes(clip.frames) if cfg.dedup else None
   if cfg.dedup:
     found = dedup.find(hashes, shot)

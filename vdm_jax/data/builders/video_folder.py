@@ -3,7 +3,7 @@
 Read back without this code by `tfds.builder_from_directory` (DataConfig name
 "folder/<name>"). Features: 'video' uint8 [T, R, R, 3] (zlib tensor); 'fps'
 float32, the clip's frame rate (0 when the file had no timestamps) and 'motion'
-float32, its motion score (`curation.motion_score`, pixels per frame at 64 x 64):
+float32, its motion score (`curation.motion_score`, pixels per second at 64 x 64):
 the data side of SVD's micro-conditioning, absent from datasets made before them,
 so readers must treat both as optional; and 'label' (top-level subfolder) when
 the folder has label subfolders.
@@ -51,7 +51,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         shape=(cfg.num_frames, cfg.resolution, cfg.resolution, 3),
         dtype=np.uint8, encoding="zlib"),
         "fps": tfds.features.Scalar(np.float32, doc="frames per second (0: unknown)"),
-        "motion": tfds.features.Scalar(np.float32, doc="motion score, pixels/frame at 64x64")}
+        "motion": tfds.features.Scalar(np.float32, doc="motion score, pixels/s at 64x64")}
     if self._labels:
       features["label"] = tfds.features.ClassLabel(names=self._labels)
     return tfds.core.DatasetInfo(

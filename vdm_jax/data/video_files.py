@@ -161,6 +161,9 @@ def decode_timed(path: str, resolution: int, *, frame_stride: int = 1,
     max_frames: stop after this many kept frames.
     histograms: also give every decoded frame's colour histogram (for cut detection).
 
+  Returns:
+    Decoded: the kept frames, their times and source indices (and the histograms).
+
   Raises:
     FileNotFoundError: no file at path.
     ValueError: not a readable video file, or no frame kept (callers count these).

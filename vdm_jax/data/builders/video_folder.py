@@ -1,8 +1,12 @@
 """video_folder/<name>: a TFDS dataset made from a folder of video files.
 
 Read back without this code by `tfds.builder_from_directory` (DataConfig name
-"folder/<name>"). Features: 'video' uint8 [T, R, R, 3] (zlib tensor), and
-'label' (top-level subfolder) when the folder has label subfolders.
+"folder/<name>"). Features: 'video' uint8 [T, R, R, 3] (zlib tensor); 'fps'
+float32, the clip's frame rate (0 when the file had no timestamps) and 'motion'
+float32, its motion score (`curation.motion_score`, pixels per second at 64 x 64):
+the data side of SVD's micro-conditioning, absent from datasets made before them,
+so readers must treat both as optional; and 'label' (top-level subfolder) when
+the folder has label subfolders.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vdm_jax.data import video_files
+from vdm_jax.data import curation, video_files
 from vdm_jax.data.paths import check_folder_name, removed_on_failure
 
 
@@ -27,6 +31,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
   fps: float | None = None
   max_clips_per_video: int | None = None
   test_fraction: float = 0.0
+  curation_config: curation.CurationConfig = dataclasses.field(default_factory=curation.CurationConfig)
 
 
 class VideoFolder(tfds.core.GeneratorBasedBuilder):
@@ -44,7 +49,9 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     features = {"video": tfds.features.Tensor(
         shape=(cfg.num_frames, cfg.resolution, cfg.resolution, 3),
-        dtype=np.uint8, encoding="zlib")}
+        dtype=np.uint8, encoding="zlib"),
+        "fps": tfds.features.Scalar(np.float32, doc="frames per second (0: unknown)"),
+        "motion": tfds.features.Scalar(np.float32, doc="motion score, pixels/s at 64x64")}
     if self._labels:
       features["label"] = tfds.features.ClassLabel(names=self._labels)
     return tfds.core.DatasetInfo(
@@ -57,7 +64,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     decoded, self.report = video_files.decode_folder(
         self._files, cfg.num_frames, cfg.resolution,
         frame_stride=cfg.frame_stride, fps=cfg.fps,
-        max_clips_per_video=cfg.max_clips_per_video)
+        max_clips_per_video=cfg.max_clips_per_video, curation_config=cfg.curation_config)
     n_test = 0
     if cfg.test_fraction > 0 and len(decoded) > 1:
       n_test = min(max(round(cfg.test_fraction * len(decoded)), 1),
@@ -72,24 +79,28 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     return splits
 
   def _generate_examples(self, decoded):
-    for path, label, clips in decoded:
-      for j, clip in enumerate(clips):
-        example = {"video": clip}
+    for _, label, clips in decoded:
+      for clip in clips:
+        example = {"video": clip.frames, "fps": clip.fps, "motion": clip.motion}
         if self._labels:
           example["label"] = label
-        yield f"{path}:{j}", example
+        yield clip.key, example
 
 
 def make_folder_dataset(input_dir: str, name: str, data_dir: str, *,
                         num_frames: int = 16, resolution: int = 64,
                         frame_stride: int = 1, fps: float | None = None,
                         max_clips_per_video: int | None = None,
-                        test_fraction: float = 0.0) -> dict:
+                        test_fraction: float = 0.0,
+                        curation_config: curation.CurationConfig | None = None) -> dict:
   """Builds data_dir/video_folder/<name>/1.0.0 from input_dir's videos.
+
+  curation_config: what to split at cuts and drop (static, duplicates); None keeps every clip.
 
   Returns:
     The decode report as a dict (also written to report.json in the dataset
-    directory): files read, clips per file, files skipped and why.
+    directory): files found, read, skipped and why, cuts, shots, candidate and
+    kept clips, and every dropped shot or clip with its reason.
 
   A failed build removes the folders it created under data_dir (and nothing else).
 
@@ -105,11 +116,13 @@ def make_folder_dataset(input_dir: str, name: str, data_dir: str, *,
   config = VideoFolderConfig(
       name=name, input_dir=input_dir, num_frames=num_frames,
       resolution=resolution, frame_stride=frame_stride, fps=fps,
-      max_clips_per_video=max_clips_per_video, test_fraction=test_fraction)
+      max_clips_per_video=max_clips_per_video, test_fraction=test_fraction,
+      curation_config=curation_config or curation.CurationConfig())
   with removed_on_failure(data_dir, os.path.join(data_dir, VideoFolder.name, name)):
     builder = VideoFolder(config=config, data_dir=data_dir)
     builder.download_and_prepare(file_format="array_record")
     report = builder.report.as_dict() if builder.report else {}
+    report["curation"] = dataclasses.asdict(config.curation_config)
     with open(os.path.join(builder.data_dir, "report.json"), "w") as f:
       json.dump(report, f, indent=1)
   return report

@@ -8,7 +8,8 @@ r"""Runs a study: trains what is missing, evaluates, and writes its table (vdm_j
 
 Interrupt it any time: a rerun skips the (run, seed) pairs that finished, and train.py resumes an
 interrupted run from its latest checkpoint. Writes <root>/<study>/results.json and results.md;
-each run's workdir is <root>/<study>/<run>/seed<k> with study_train.log and study_eval.log.
+each run's workdir is <root>/<study>/<run>/seed<k> (train.py's workdir, with study_train.log,
+study_samples/<row>/ and study_eval.<row>.json and .log).
 """
 
 import ast
@@ -56,10 +57,13 @@ def main(argv):
     if _DRY.value:
       configs = study_lib.validate_study(study)
       for spec in study.specs():
-        workdir = os.path.join(_ROOT.value, study.name, spec.name, f"seed{spec.seed}")
+        workdir = spec.workdir(os.path.join(_ROOT.value, study.name))
+        samples = study_lib.samples_path(spec, workdir)
         print(" ".join(study_lib.train_command(study, spec, workdir)))
-        print(" ".join(study_lib.eval_command(configs[spec.key], study.evaluation, spec.seed, workdir,
-                                              os.path.join(workdir, study_lib.EVAL_FILE))))
+        print(" ".join(study_lib.sample_command(spec.evaluation, spec.seed, workdir, samples)))
+        print(" ".join(study_lib.eval_command(configs[spec.key], spec.evaluation,
+                                              os.path.join(samples, "sample.npz"),
+                                              study_lib.eval_path(spec, workdir))))
       return
     results = study_lib.run_study(study, _ROOT.value)
   except (ConfigError, FileNotFoundError, RuntimeError) as e:

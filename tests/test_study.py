@@ -56,18 +56,21 @@ class FakeRunner:
     self.calls, self.fail_on = [], fail_on
 
   def __call__(self, cmd, log_path):
-    workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
-    kind = "train" if cmd[1].endswith("train.py") else "eval"
+    args = dict(a[2:].split("=", 1) for a in cmd[2:] if "=" in a)
+    kind = os.path.basename(cmd[1])[:-3]  # train, sample or evaluate
+    workdir = args.get("workdir") or os.path.dirname(os.path.dirname(os.path.dirname(args["samples"])))
     self.calls.append((kind, workdir))
     if self.fail_on and self.fail_on in workdir and kind == "train":
       raise RuntimeError("killed")
-    if kind == "eval":
-      out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--output="))
-      seed = int(next(a.split("=", 1)[1] for a in cmd if a.startswith("--seed=")))
+    if kind == "sample":
+      os.makedirs(args["output_dir"], exist_ok=True)
+      with open(os.path.join(args["output_dir"], "protocol.json"), "w") as f:
+        json.dump({"checkpoint_step": 4, "seed": int(args["seed"])}, f)
+    if kind == "evaluate":
+      seed = json.load(open(os.path.join(os.path.dirname(args["samples"]), "protocol.json")))["seed"]
       value = (1.0 if "/v/" in workdir else 3.0) + seed
-      with open(out, "w") as f:
-        json.dump({"metrics": {"colour_drift": value}, "summary": "ok",
-                   "protocol": {"generated": {"checkpoint_step": 4}}}, f)
+      with open(args["output"], "w") as f:
+        json.dump({"metrics": {"colour_drift": value}, "summary": "ok"}, f)
     return {"cpu_s": 60.0, "wall_s": 30.0}
 
 
@@ -80,7 +83,7 @@ def test_interrupted_study_resumes_where_it_stopped(tmp_path):
   results = study_lib.run_study(study, root, runner=runner, log=lambda _: None)
   # The v runs (both seeds) finished before the kill: neither trained nor evaluated again.
   assert all("/eps/" in w for _, w in runner.calls)
-  assert len(runner.calls) == 4  # eps seed0 and seed1: train + eval each
+  assert len(runner.calls) == 6  # eps seed0 and seed1: train, sample, evaluate each
   row = results["rows"]["v"]["metrics"]["colour_drift"]
   assert row["n"] == 2 and row["mean"] == pytest.approx(1.5) and row["std"] == pytest.approx(0.7071, 1e-3)
   table = open(os.path.join(root, "tiny", "results.md")).read()
@@ -92,7 +95,7 @@ def test_interrupted_study_resumes_where_it_stopped(tmp_path):
   changed = study_lib.load_study(_study_file(tmp_path, seeds=(0, 1)), evaluation={"num_steps": 3})
   third = FakeRunner()
   study_lib.run_study(changed, root, runner=third, log=lambda _: None)
-  assert [k for k, _ in third.calls] == ["eval"] * 4
+  assert [k for k, _ in third.calls] == ["sample", "evaluate"] * 4
 
 
 def test_changed_run_definition_is_refused(tmp_path):
@@ -118,3 +121,30 @@ def test_tiny_study_end_to_end(tmp_path):
   assert "colour_drift_ratio" in table and "| eps |" in table
   saved = json.load(open(tmp_path / "runs" / "tiny" / "results.json"))
   assert saved["evaluation"]["num_samples"] == 4 and saved["seeds"] == [0]
+
+
+def test_a_run_can_change_its_own_protocol(tmp_path):
+  body = STUDY_FILE.replace('"diffusion.weighting": "eps"}}', '"diffusion.weighting": "eps", '
+                            '"evaluation": {"sample_flags": {"overlap": 2}, "num_steps": 3}}}')
+  study = study_lib.load_study(_study_file(tmp_path, body=body))
+  specs = {s.name: s for s in study.specs()}
+  assert specs["v"].evaluation.sample_flags == {} and specs["v"].evaluation.num_steps == 2
+  assert specs["eps"].evaluation.sample_flags == {"overlap": 2}
+  assert specs["eps"].evaluation.num_steps == 3
+  assert "--overlap=2" in study_lib.sample_command(specs["eps"].evaluation, 0, "w", "o")
+  assert "evaluation" not in specs["eps"].overrides
+
+
+def test_rows_that_differ_only_in_sampling_share_one_training(tmp_path):
+  body = STUDY_FILE.replace('"diffusion.weighting": "eps"}}', '"diffusion.weighting": "eps"}, '
+                            '"eps_replacement": {"train_as": "eps", "evaluation": '
+                            '{"sample_flags": {"frame_method": "replacement"}}}}')
+  study = study_lib.load_study(_study_file(tmp_path, body=body))
+  runner = FakeRunner()
+  results = study_lib.run_study(study, str(tmp_path / "runs"), runner=runner, log=lambda _: None)
+  assert [k for k, _ in runner.calls].count("train") == 2  # v and eps; eps_replacement reuses eps
+  assert results["rows"]["eps_replacement"]["metrics"]["colour_drift"]["mean"] == 3.0
+  bad = STUDY_FILE.replace('"diffusion.weighting": "eps"}}', '"diffusion.weighting": "eps"}, '
+                           '"w": {"train_as": "eps", "train.num_steps": 9}}')
+  with pytest.raises(ConfigError, match="cannot change the config"):
+    study_lib.load_study(_study_file(tmp_path, body=bad))

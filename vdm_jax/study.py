@@ -7,12 +7,16 @@ A study file (studies/<name>.py) defines `get_study() -> dict` with the keys
     claim         what the study tests, and what the paper reports
     seeds         training seeds of every run (the sampling seed of evaluation is the same)
     overrides     {"section.key": value} applied to every run
-    runs          {run_name: {"section.key": value}}: each row of the table
-    evaluation    {num_samples, num_real, num_frames, sampler, num_steps, metrics, use_ema, ...}
-                  (StudyEval's fields)
+    runs          {run_name: {"section.key": value, "evaluation": {...}}}: each row of the table;
+                  the optional "evaluation" changes that row's protocol (e.g. sample_flags);
+                  {"train_as": other_run, "evaluation": {...}} evaluates other_run's trained
+                  model another way (rows that differ only in sampling share one training)
+    evaluation    {num_samples, num_real, num_frames, sampler, num_steps, metrics, use_ema,
+                   sample_flags, eval_flags, ...} (StudyEval's fields)
 
 `run_study` trains each (run, seed) that is missing with train.py (which resumes an interrupted
-run from its checkpoints), evaluates it with scripts/evaluate.py, and writes results.json and
+run from its checkpoints), samples it with sample.py, evaluates the samples with
+scripts/evaluate.py, and writes results.json and
 results.md (mean +- sample standard deviation over seeds) in <root>/<name>. Each step runs in a
 subprocess, so a crash or a kill loses nothing but the step in flight and the CPU time of each is
 measured alone; a (run, seed) that finished is skipped. Every config is validated before the
@@ -39,7 +43,7 @@ from vdm_jax.versions import library_versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_MARK = "study_train.json"
-EVAL_FILE = "study_eval.json"
+EVAL_PREFIX = "study_eval"
 STUDY_KEYS = ("name", "config", "claim", "seeds", "overrides", "runs", "evaluation")
 
 
@@ -55,9 +59,13 @@ class StudyEval:
   use_ema: bool = True
   batch_size: int = 16
   cache_dir: str = "~/.cache/vdm_jax/fvd_stats"
+  sample_flags: dict[str, Any] = dataclasses.field(default_factory=dict)  # more sample.py flags
+  eval_flags: dict[str, Any] = dataclasses.field(default_factory=dict)  # more evaluate.py flags
 
   def __post_init__(self):
     object.__setattr__(self, "metrics", tuple(self.metrics))
+    object.__setattr__(self, "sample_flags", dict(self.sample_flags))
+    object.__setattr__(self, "eval_flags", dict(self.eval_flags))
     for name in ("num_samples", "num_real", "num_frames", "num_steps", "batch_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"study evaluation.{name}={getattr(self, name)} must be >= 1")
@@ -65,14 +73,19 @@ class StudyEval:
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """One (run, seed) of a study: its row name, seed and flattened config overrides."""
+  """One (run, seed) of a study: its row name, seed, flattened config overrides and protocol."""
   name: str
   seed: int
   overrides: dict[str, Any]
+  evaluation: StudyEval
+  train_name: str = ""  # the run whose training this row uses (itself unless "train_as")
 
   @property
   def key(self) -> str:
     return f"{self.name}/seed{self.seed}"
+
+  def workdir(self, base: str) -> str:
+    return os.path.join(base, self.train_name or self.name, f"seed{self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +100,39 @@ class Study:
 
   def specs(self) -> list[RunSpec]:
     """Every (run, seed) in table order; a run's own overrides win over the study's."""
-    return [RunSpec(name, seed, {**self.overrides, **run, "train.seed": seed})
+    return [RunSpec(name, seed, {**self.overrides, **_settings(run), "train.seed": seed},
+                    self.run_evaluation(name), run.get("train_as", name))
             for name, run in self.runs.items() for seed in self.seeds]
+
+  def run_evaluation(self, name: str) -> StudyEval:
+    """The study's protocol with the run's own "evaluation" changes."""
+    own = dict(self.runs[name].get("evaluation", {}))
+    for key in ("sample_flags", "eval_flags"):
+      if key in own:
+        own[key] = {**getattr(self.evaluation, key), **own[key]}
+    try:
+      return dataclasses.replace(self.evaluation, **own)
+    except TypeError as err:
+      raise ConfigError(f"study {self.name!r}, run {name!r}: evaluation: {err}") from err
+
+
+def _settings(run: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in run.items() if k not in ("evaluation", "train_as")}
+
+
+def _resolve_train_as(path: str, runs: dict[str, dict[str, Any]]) -> None:
+  """A "train_as" row takes its config from the row it names, and may set nothing else."""
+  for name, run in runs.items():
+    other = run.get("train_as")
+    if other is None:
+      continue
+    if other not in runs or "train_as" in runs[other]:
+      raise ConfigError(f"{path}: run {name!r} has train_as={other!r}, which is not a run that "
+                        f"trains; runs: {sorted(runs)}")
+    if _settings(run):
+      raise ConfigError(f"{path}: run {name!r} trains as {other!r} and cannot change the config "
+                        f"({sorted(_settings(run))}); only its evaluation")
+    run.update(_settings(runs[other]))
 
 
 def load_study(path: str, *, only: Sequence[str] = (), seeds: Sequence[int] = (),
@@ -108,6 +152,7 @@ def load_study(path: str, *, only: Sequence[str] = (), seeds: Sequence[int] = ()
   if unknown or missing:
     raise ConfigError(f"{path}: unknown keys {unknown}, missing keys {missing}; a study has {STUDY_KEYS}")
   runs = {str(k): dict(v) for k, v in raw["runs"].items()}
+  _resolve_train_as(path, runs)
   bad = sorted(set(only) - set(runs))
   if bad:
     raise ConfigError(f"--only names runs {bad} that {path} does not have; its runs: {sorted(runs)}")
@@ -145,13 +190,14 @@ def build_config(study: Study, spec: RunSpec) -> Any:
 def validate_study(study: Study) -> dict[str, ExperimentConfig]:
   """ExperimentConfig of every (run, seed); ConfigError naming the run if one is invalid."""
   from vdm_jax.evaluation import ALL_METRICS
-  bad = sorted(set(study.evaluation.metrics) - set(ALL_METRICS))
-  if bad:
-    raise ConfigError(f"study {study.name!r}: unknown metrics {bad}; known: {list(ALL_METRICS)}")
   if not study.runs:
     raise ConfigError(f"study {study.name!r} has no runs to do")
   out = {}
   for spec in study.specs():
+    bad = sorted(set(spec.evaluation.metrics) - set(ALL_METRICS))
+    if bad:
+      raise ConfigError(f"study {study.name!r}, run {spec.key}: unknown metrics {bad}; known: "
+                        f"{list(ALL_METRICS)}")
     try:
       out[spec.key] = ExperimentConfig.from_config_dict(build_config(study, spec))
     except (ConfigError, ValueError, KeyError, AttributeError) as err:
@@ -171,19 +217,27 @@ def train_command(study: Study, spec: RunSpec, workdir: str) -> list[str]:
           f"--workdir={workdir}"] + [f"--config.{k}={flag_value(v)}" for k, v in spec.overrides.items()]
 
 
-def eval_command(exp: ExperimentConfig, protocol: StudyEval, seed: int, workdir: str,
-                 output: str) -> list[str]:
+def sample_command(protocol: StudyEval, seed: int, workdir: str, output_dir: str) -> list[str]:
+  """sample.py: the run's EMA (or raw) samples, extended to num_frames, into output_dir."""
   p = protocol
-  cmd = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--workdir={workdir}",
-         f"--dataset={exp.data.name}", f"--num_frames={p.num_frames}",
+  cmd = [sys.executable, os.path.join(REPO, "sample.py"), f"--workdir={workdir}",
+         f"--output_dir={output_dir}", f"--num_samples={p.num_samples}", f"--num_frames={p.num_frames}",
+         f"--sampler={p.sampler}", f"--num_steps={p.num_steps}", f"--seed={seed}",
+         "--ema" if p.use_ema else "--noema"]
+  return cmd + [f"--{k}={flag_value(v)}" for k, v in p.sample_flags.items()]
+
+
+def eval_command(exp: ExperimentConfig, protocol: StudyEval, samples: str, output: str) -> list[str]:
+  """scripts/evaluate.py: the samples against num_real clips of the run's dataset and eval split."""
+  p = protocol
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--samples={samples}",
+         f"--dataset={exp.data.name}", f"--split={exp.data.eval_split}", f"--num_frames={p.num_frames}",
          f"--frame_stride={exp.data.frame_stride}", f"--resolution={exp.data.resolution}",
-         f"--num_samples={p.num_samples}", f"--num_real={p.num_real}", f"--sampler={p.sampler}",
-         f"--num_steps={p.num_steps}", f"--seed={seed}", f"--metrics={','.join(p.metrics)}",
-         f"--use_ema={p.use_ema}", f"--batch_size={p.batch_size}", f"--cache_dir={p.cache_dir}",
-         f"--output={output}"]
+         f"--num_real={p.num_real}", f"--metrics={','.join(p.metrics)}",
+         f"--batch_size={p.batch_size}", f"--cache_dir={p.cache_dir}", f"--output={output}"]
   if exp.data.data_dir:
     cmd.append(f"--data_dir={exp.data.data_dir}")
-  return cmd
+  return cmd + [f"--{k}={flag_value(v)}" for k, v in p.eval_flags.items()]
 
 
 Runner = Callable[[list[str], str], dict[str, float]]
@@ -241,21 +295,32 @@ def train_run(study: Study, spec: RunSpec, workdir: str, runner: Runner) -> dict
   return {**mark, "skipped": False}
 
 
-def eval_run(study: Study, spec: RunSpec, exp: ExperimentConfig, workdir: str,
-             runner: Runner) -> dict[str, Any]:
-  """Evaluates one trained (run, seed) unless its results hold this study's protocol already."""
-  path = os.path.join(workdir, EVAL_FILE)
-  protocol = dataclasses.asdict(study.evaluation)
+def eval_path(spec: RunSpec, workdir: str) -> str:
+  return os.path.join(workdir, f"{EVAL_PREFIX}.{spec.name}.json")
+
+
+def samples_path(spec: RunSpec, workdir: str) -> str:
+  return os.path.join(workdir, "study_samples", spec.name)
+
+
+def eval_run(spec: RunSpec, exp: ExperimentConfig, workdir: str, runner: Runner) -> dict[str, Any]:
+  """Samples and evaluates one trained (run, seed) unless its results hold its protocol already."""
+  path = eval_path(spec, workdir)
+  protocol = _normal(dataclasses.asdict(spec.evaluation))
   done = _read_json(path)
-  if done is not None and done.get("study_protocol") == _normal(protocol):
+  if done is not None and done.get("study_protocol") == protocol:
     return {**done, "skipped": True}
-  tmp = os.path.join(workdir, "study_eval.partial.json")
-  cost = runner(eval_command(exp, study.evaluation, spec.seed, workdir, tmp),
-                os.path.join(workdir, "study_eval.log"))
+  samples_dir = samples_path(spec, workdir)
+  log = os.path.join(workdir, f"{EVAL_PREFIX}.{spec.name}.log")
+  sample_cost = runner(sample_command(spec.evaluation, spec.seed, workdir, samples_dir), log)
+  tmp = f"{path}.partial"
+  cost = runner(eval_command(exp, spec.evaluation, os.path.join(samples_dir, "sample.npz"), tmp), log)
   results = _read_json(tmp)
   if results is None:
     raise RuntimeError(f"evaluate.py wrote no results to {tmp}")
-  results.update(study_protocol=_normal(protocol), eval_cost=cost)
+  sampled = _read_json(os.path.join(samples_dir, "protocol.json")) or {}
+  results.update(study_protocol=protocol, sampling=sampled,
+                 eval_cost={k: round(sample_cost[k] + cost[k], 1) for k in cost})
   _write_json(path, results)
   os.remove(tmp)
   return {**results, "skipped": False}
@@ -309,17 +374,16 @@ def run_study(study: Study, root: str, *, runner: Runner = run_logged,
   per_seed: dict[str, dict[str, Any]] = {}
   specs = study.specs()
   for i, spec in enumerate(specs, 1):
-    workdir = os.path.join(base, spec.name, f"seed{spec.seed}")
+    workdir = spec.workdir(base)
     log(f"[{study.name} {i}/{len(specs)}] {spec.key}: training ({workdir})")
     trained = train_run(study, spec, workdir, runner)
     if trained["skipped"]:
       log(f"[{study.name} {i}/{len(specs)}] {spec.key}: trained before, skipped")
-    log(f"[{study.name} {i}/{len(specs)}] {spec.key}: evaluating {study.evaluation.metrics}")
-    evaluated = eval_run(study, spec, configs[spec.key], workdir, runner)
-    generated = evaluated.get("protocol", {}).get("generated", {})
+    log(f"[{study.name} {i}/{len(specs)}] {spec.key}: sampling and evaluating {spec.evaluation.metrics}")
+    evaluated = eval_run(spec, configs[spec.key], workdir, runner)
     per_seed[spec.key] = {"metrics": evaluated.get("metrics", {}), "train": trained["train"],
                           "eval_cost": evaluated["eval_cost"],
-                          "step": generated.get("checkpoint_step")}
+                          "step": evaluated.get("sampling", {}).get("checkpoint_step")}
     log(f"[{study.name} {i}/{len(specs)}] {spec.key}: {evaluated.get('summary', '')}")
   results = {
       "study": study.name, "claim": study.claim, "config": study.config,

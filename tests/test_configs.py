@@ -96,7 +96,7 @@ BAD_VALUES = {
     "sampler_steps": ({"sample": {"num_steps": 0}}, r"config\.sample: num_steps must be >= 1"),
     "mesh_0": ({"mesh": {"data": 0}}, r"mesh\.data=0 .* >= 1, or -1"),
     "mesh_two_fills": ({"mesh": {"data": -1, "fsdp": -1}}, r"at most one size may be -1"),
-    "model_dropout": ({"model": {"dropout": 1.5}}, r"config\.model: UNetConfig\.dropout=1\.5"),
+    "model_dropout": ({"model": {"dropout": 1.5}}, r"config\.model: ModelConfig\.dropout=1\.5"),
     "diffusion_p_std": ({"diffusion": {"p_std": 0.0}}, r"diffusion\.p_std=0\.0 .* > 0"),
     "batch_over_dataset": ({"train": {"global_batch_size": 64}}, r"train\.global_batch_size=64 is "
                            r"larger than the 40 training examples .*at most 40"),

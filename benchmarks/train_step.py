@@ -8,6 +8,8 @@ count (every dot/conv of the step's jaxpr, scan bodies times their length); MFU 
 count against a float32 matmul peak measured in the same run. Memory is per device, from
 compiled.memory_analysis() and from the shards of the train state.
 
+    --configs default default_dit --widths 16,32   each config at each width: the U-Net's
+                                     base_channels or the DiT's hidden_size (model.backbone)
     --fsdp_sweep 1,2,4,8 --devices 8     per-device param+EMA+optimizer bytes for fsdp=N
     --preflight --mesh 1,8,1 --memory_limit_gb 16   compile for a mesh, exit 2 with advice if
                                                      the step needs more memory per device
@@ -33,6 +35,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--mesh", default="", help="data,fsdp,tensor (default: the config's mesh)")
   p.add_argument("--dtype", default="", help="model compute dtype override (float32, bfloat16)")
   p.add_argument("--remat", default="", help="model remat override (none, block)")
+  p.add_argument("--widths", default="",
+                 help="e.g. 16,32,64: run each config at each width (U-Net base_channels, DiT hidden_size)")
   p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
   p.add_argument("--no_run", action="store_true", help="compile only (no step times)")
   p.add_argument("--fsdp_sweep", default="", help="e.g. 1,2,4,8: state bytes per device per fsdp")
@@ -52,6 +56,19 @@ def overrides(args: argparse.Namespace) -> list[str]:
     for axis, size in zip(("data", "fsdp", "tensor"), args.mesh.split(",")):
       out.append(f"mesh.{axis}={int(size)}")
   return out
+
+
+def width_runs(names: list[str], over: list[str], widths: str) -> list[tuple[str, list[str]]]:
+  """(config, overrides) per config and width: the width is the field its backbone scales by."""
+  from benchmarks import common
+  if not widths:
+    return [(name, over) for name in names]
+  runs = []
+  for name in names:
+    dit = common.load_config(name, over).model.backbone == "dit"
+    field = "model.hidden_size" if dit else "model.base_channels"
+    runs += [(name, over + [f"{field}={int(w)}"]) for w in widths.split(",")]
+  return runs
 
 
 def state_bytes_per_device(state: Any) -> int:
@@ -89,7 +106,10 @@ def measure(name: str, over: list[str], args: argparse.Namespace, peak: float) -
   analytic = matmul_flops(step, state, batch)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
-  row = {"config": name, "mesh": dict(mesh.shape), "batch": exp.train.global_batch_size,
+  m = exp.model
+  row = {"config": name, "backbone": m.backbone,
+         "width": m.hidden_size if m.backbone == "dit" else m.base_channels,
+         "mesh": dict(mesh.shape), "batch": exp.train.global_batch_size,
          "frames": exp.data.num_frames, "res": exp.data.resolution, "dtype": exp.model.dtype,
          "remat": exp.model.remat, "params": count_params(state["params"]),
          "compile_s": round(time.perf_counter() - t0, 1),
@@ -170,9 +190,10 @@ def main(argv: list[str]) -> None:
                        "params_fraction", "ema_fraction", "opt_state_fraction"])
   else:
     peak = peak_flops_per_second()
-    rows = [measure(name, over, args, peak) for name in args.configs]
-    keys = ["config", "params", "compile_s", "step_s", "videos_per_s", "xla_gflop", "matmul_gflop",
-            "achieved_gflops", "mfu_pct", "state_gb_per_device", "temp_gb", "peak_gb"]
+    rows = [measure(name, run_over, args, peak)
+            for name, run_over in width_runs(args.configs, over, args.widths)]
+    keys = ["config", "backbone", "width", "params", "compile_s", "step_s", "videos_per_s", "xla_gflop",
+            "matmul_gflop", "achieved_gflops", "mfu_pct", "state_gb_per_device", "temp_gb", "peak_gb"]
     import jax
     print(f"{common.cpu_name()}; matmul peak {peak / 1e9:.1f} GFLOP/s; {jax.device_count()} devices; "
           f"load {common.load_average()}; "

@@ -21,8 +21,10 @@ PARAMS = {
     "moving_mnist": 30_559_169,
     "bair": 137_318_979,
     "ucf101": 1_165_696_003,
+    "default_dit": 433_484,
+    "ucf101_dit": 935_224_752,
 }
-CONFIGS = ("default", "moving_mnist", "bair", "ucf101")
+CONFIGS = ("default", "moving_mnist", "bair", "ucf101", "default_dit", "ucf101_dit")
 
 
 def experiment(name: str, variant: str = "") -> ExperimentConfig:
@@ -96,7 +98,11 @@ BAD_VALUES = {
     "sampler_steps": ({"sample": {"num_steps": 0}}, r"config\.sample: num_steps must be >= 1"),
     "mesh_0": ({"mesh": {"data": 0}}, r"mesh\.data=0 .* >= 1, or -1"),
     "mesh_two_fills": ({"mesh": {"data": -1, "fsdp": -1}}, r"at most one size may be -1"),
-    "model_dropout": ({"model": {"dropout": 1.5}}, r"config\.model: UNetConfig\.dropout=1\.5"),
+    "model_dropout": ({"model": {"dropout": 1.5}}, r"config\.model: ModelConfig\.dropout=1\.5"),
+    "dit_patch": ({"model": {"backbone": "dit", "patch_size": 3}}, r"Frame size 16x16 does not divide into "
+                  r"3x3 patches; change model\.patch_size"),
+    "dit_heads": ({"model": {"backbone": "dit", "hidden_size": 40}}, r"40 channels do not split into heads "
+                  r"of head_dim=16; change head_dim or hidden_size"),
     "diffusion_p_std": ({"diffusion": {"p_std": 0.0}}, r"diffusion\.p_std=0\.0 .* > 0"),
     "batch_over_dataset": ({"train": {"global_batch_size": 64}}, r"train\.global_batch_size=64 is "
                            r"larger than the 40 training examples .*at most 40"),
@@ -124,6 +130,16 @@ def check(config: dict) -> None:
 
 def test_the_tiny_config_passes_every_check():
   check(tiny_dict())
+
+
+def test_one_flag_switches_a_config_to_the_dit():
+  """--config.model.backbone=dit on configs/default.py: the U-Net fields stay and are not checked; the
+  DiT fields' defaults are configs/default_dit.py's model."""
+  check(tiny_dict(model={"backbone": "dit"}))
+  check_overrides(["--config.model.backbone=dit", "--config.model.dit_attention=full"])
+  config = importlib.import_module("configs.default").get_config()
+  config.model.backbone = "dit"
+  assert count_params(ExperimentConfig.from_config_dict(config).model) == PARAMS["default_dit"]
 
 
 @pytest.fixture

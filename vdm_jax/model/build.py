@@ -1,4 +1,4 @@
-"""Building a UNet on a mesh: abstract (no allocation), created sharded, split, counted.
+"""Building the backbone (UNet or DiT) on a mesh: abstract (no allocation), created sharded, counted.
 
 The one place the model is instantiated; the trainer, the sampler, benchmarks and tests all call
 it. Parameters are created inside jit with out_shardings from their logical axis names, so a model
@@ -15,9 +15,16 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from vdm_jax.model.config import UNetConfig
+from vdm_jax.model.config import ModelConfig
+from vdm_jax.model.dit import DiT
 from vdm_jax.model.unet import UNet
 from vdm_jax.parallel import DEFAULT_RULES, Rules, state_shardings
+
+
+def _module(config: ModelConfig, seed: int | jax.Array) -> nnx.Module:
+  """The backbone config.backbone names ("unet" or "dit"), with parameters drawn from `seed`."""
+  backbone = DiT if config.backbone == "dit" else UNet
+  return backbone(config, rngs=nnx.Rngs(seed))
 
 
 def split_params(state: nnx.State) -> tuple[nnx.State, nnx.State]:
@@ -26,12 +33,12 @@ def split_params(state: nnx.State) -> tuple[nnx.State, nnx.State]:
   return params, rest
 
 
-def create_model(config: UNetConfig, mesh: Mesh, rng: int | jax.Array,
+def create_model(config: ModelConfig, mesh: Mesh, rng: int | jax.Array,
                  rules: Rules = DEFAULT_RULES) -> tuple[nnx.GraphDef, nnx.State]:
-  """Builds UNet(config) with parameters created sharded (inside jit with out_shardings).
+  """Builds the backbone (UNet or DiT) with parameters created sharded (inside jit with out_shardings).
 
   Args:
-    config: the U-Net's hyper-parameters.
+    config: the model's hyper-parameters (config.backbone picks the network).
     mesh: a (data, fsdp, tensor) mesh from vdm_jax.parallel.make_mesh.
     rng: int seed or key for nnx.Rngs (streams 'params' and 'dropout').
     rules: logical axis -> mesh axes.
@@ -40,22 +47,22 @@ def create_model(config: UNetConfig, mesh: Mesh, rng: int | jax.Array,
     (graphdef, state): state leaves are jax.Arrays with NamedShardings from `rules`.
   """
   def init() -> nnx.State:
-    return nnx.state(UNet(config, rngs=nnx.Rngs(rng)))
+    return nnx.state(_module(config, rng))
 
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(rng))))
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: _module(config, rng)))
   shardings = state_shardings(abstract_state, mesh, rules)
   state = jax.jit(init, out_shardings=shardings)()
   return graphdef, state
 
 
-def abstract_model(config: UNetConfig, mesh: Mesh, seed: int = 0
+def abstract_model(config: ModelConfig, mesh: Mesh, seed: int = 0
                    ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """(graphdef, abstract params with shardings, concrete rest) without allocating parameters.
 
   The abstract params (jax.ShapeDtypeStruct leaves carrying their NamedShardings on `mesh`) are
   the target to restore a checkpoint's params or EMA onto.
   """
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(seed))))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: _module(config, seed)))
   abstract_params, abstract_rest = split_params(abstract)
   shardings = state_shardings(abstract_params, mesh)
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -80,15 +87,15 @@ def _materialize_rest(abstract_rest: nnx.State, seed: int) -> nnx.State:
   return jax.tree.map(leaf, abstract_rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def count_params(model: UNetConfig | Any) -> int:
-  """Number of parameters of a UNetConfig (from shapes only, nothing allocated) or of a params tree."""
-  if isinstance(model, UNetConfig):
+def count_params(model: ModelConfig | Any) -> int:
+  """Number of parameters of a ModelConfig (from shapes only, nothing allocated) or of a params tree."""
+  if isinstance(model, ModelConfig):
     return _config_param_count(model)
   return int(sum(x.size for x in jax.tree.leaves(model)))
 
 
 @functools.lru_cache(maxsize=16)
-def _config_param_count(config: UNetConfig) -> int:
+def _config_param_count(config: ModelConfig) -> int:
   """Cached: validation, the manifest and tests ask for the same frozen config again."""
-  abstract = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: _module(config, 0))
   return count_params(nnx.state(abstract, nnx.Param))

@@ -1,7 +1,10 @@
-"""Configuration of the space-time factorised U-Net (VDM, Ho et al. 2022, section 3).
+"""Configuration of the backbones: the space-time factorised U-Net (VDM, Ho et al. 2022, section 3)
+and the video diffusion transformer on space-time patches (DiT / Latte).
 
-One frozen dataclass; every field has a default that gives a small CPU model. Built from an
-ml_collections ConfigDict as `UNetConfig(**dict(config.model))` (lists become tuples).
+One frozen dataclass, one flat `config.model` section; `backbone` picks the network and each
+backbone reads its own fields (plus the shared ones). Every field has a default that gives a small
+CPU model. Built from an ml_collections ConfigDict as `ModelConfig(**dict(config.model))` (lists
+become tuples); `UNetConfig` is the same class under its former name.
 """
 
 from __future__ import annotations
@@ -15,13 +18,24 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "block")
 CONV_IMPL = ("lax", "im2col")
 PREDICTION = ("v", "eps", "x")
+BACKBONE = ("unet", "dit")
+DIT_ATTENTION = ("factorised", "full")
+POSITION = ("rope", "learned")
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
-  """Hyper-parameters of `vdm_jax.model.UNet`.
+class ModelConfig:
+  """Hyper-parameters of `vdm_jax.model.UNet` (backbone "unet") or `vdm_jax.model.DiT` ("dit").
+
+  Shared by both backbones: in_channels, out_channels, image_size, head_dim, num_heads, emb_dim,
+  emb_mlp_layers, dropout, num_classes, cond_channels, param_dtype, dtype, remat,
+  attention_chunk_size, prediction. U-Net only: base_channels, channel_mult, num_res_blocks,
+  attention_resolutions, temporal_attention, relative_position, max_relative_distance,
+  relative_buckets, temporal_downsample, norm_groups, conv_impl. DiT only: patch_size,
+  temporal_patch_size, hidden_size, depth, mlp_ratio, dit_attention, position, max_frames.
 
   Attributes:
+    backbone: "unet" (the VDM U-Net) or "dit" (a transformer on space-time patches).
     in_channels: channels of the noisy input z.
     out_channels: channels of the prediction.
     base_channels: channels at the first level.
@@ -50,6 +64,18 @@ class UNetConfig:
       fast on one device and 1.5x faster with one device per core (benchmarks/RESULTS.md).
     attention_chunk_size: query chunk of spatial attention (0 = no chunking).
     prediction: what the output is ("v", "eps" or "x"); informational for callers.
+    patch_size: DiT: spatial side p of a tubelet (frames must divide by it in H and W).
+    temporal_patch_size: DiT: frames p_t per tubelet (T must divide by it). With p_t > 1 a token
+      spans several frames, so image frames (joint image-video training) cannot be kept apart.
+    hidden_size: DiT: token width D (heads: num_heads, or D // head_dim).
+    depth: DiT: number of transformer blocks.
+    mlp_ratio: DiT: MLP hidden width = int(mlp_ratio * hidden_size).
+    dit_attention: DiT: "factorised" (spatial attention within each frame, then temporal attention
+      at each patch position, in every block; Latte) or "full" (joint space-time attention).
+    position: DiT: "rope" (3D rotary on queries and keys: the head dimension split over t, h, w;
+      any clip length or frame size) or "learned" (additive axial tables over time, rows and
+      columns, sized by max_frames and image_size). The U-Net's relative_position is not used.
+    max_frames: DiT with learned positions: the longest clip (frames) the time table covers.
   """
 
   in_channels: int = 3
@@ -78,6 +104,15 @@ class UNetConfig:
   conv_impl: str = "lax"
   attention_chunk_size: int = 0
   prediction: str = "v"
+  backbone: str = "unet"
+  patch_size: int = 2
+  temporal_patch_size: int = 1
+  hidden_size: int = 64
+  depth: int = 4
+  mlp_ratio: float = 4.0
+  dit_attention: str = "factorised"
+  position: str = "rope"
+  max_frames: int = 32
 
   def __post_init__(self):
     for name in ("channel_mult", "attention_resolutions", "temporal_downsample"):
@@ -91,7 +126,14 @@ class UNetConfig:
 
   @property
   def embedding_dim(self) -> int:
+    if self.backbone == "dit":
+      return self.emb_dim or self.hidden_size
     return self.emb_dim or 4 * self.base_channels
+
+  @property
+  def mlp_dim(self) -> int:
+    """DiT: hidden width of the MLP in every block."""
+    return int(self.mlp_ratio * self.hidden_size)
 
   def level_channels(self, level: int) -> int:
     return self.base_channels * self.channel_mult[level]
@@ -105,31 +147,59 @@ class UNetConfig:
   # ---- validation ----
   def _check_static(self) -> None:
     enums = {
-        "temporal_attention": TEMPORAL_ATTENTION, "relative_position": RELATIVE_POSITION,
-        "param_dtype": DTYPES, "dtype": DTYPES, "remat": REMAT, "conv_impl": CONV_IMPL,
-        "prediction": PREDICTION,
+        "backbone": BACKBONE, "temporal_attention": TEMPORAL_ATTENTION,
+        "relative_position": RELATIVE_POSITION, "param_dtype": DTYPES, "dtype": DTYPES, "remat": REMAT,
+        "conv_impl": CONV_IMPL, "prediction": PREDICTION, "dit_attention": DIT_ATTENTION,
+        "position": POSITION,
     }
     for name, allowed in enums.items():
       if getattr(self, name) not in allowed:
-        raise ValueError(f"UNetConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}.")
-    positive = ("in_channels", "out_channels", "base_channels", "num_res_blocks",
-                "emb_mlp_layers", "image_size", "max_relative_distance", "relative_buckets", "norm_groups")
-    for name in positive:
-      if getattr(self, name) < 1:
-        raise ValueError(f"UNetConfig.{name}={getattr(self, name)} must be >= 1.")
-    if not self.channel_mult or min(self.channel_mult) < 1:
-      raise ValueError(f"UNetConfig.channel_mult={self.channel_mult} needs >= 1 positive entries.")
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}.")
+    self._check_positive(("in_channels", "out_channels", "emb_mlp_layers", "image_size"))
     if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"UNetConfig.dropout={self.dropout} must be in [0, 1).")
+      raise ValueError(f"ModelConfig.dropout={self.dropout} must be in [0, 1).")
     if self.num_classes < 0 or self.cond_channels < 0 or self.attention_chunk_size < 0:
-      raise ValueError("UNetConfig.num_classes, cond_channels, attention_chunk_size must be >= 0.")
+      raise ValueError("ModelConfig.num_classes, cond_channels, attention_chunk_size must be >= 0.")
+    if self.backbone == "dit":
+      self._check_dit()
+    else:
+      self._check_unet()
+
+  def _check_positive(self, names: tuple[str, ...]) -> None:
+    for name in names:
+      if getattr(self, name) < 1:
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1.")
+
+  def _check_unet(self) -> None:
+    self._check_positive(("base_channels", "num_res_blocks", "max_relative_distance",
+                          "relative_buckets", "norm_groups"))
+    if not self.channel_mult or min(self.channel_mult) < 1:
+      raise ValueError(f"ModelConfig.channel_mult={self.channel_mult} needs >= 1 positive entries.")
     bad = [lv for lv in self.temporal_downsample if not 0 <= lv < self.num_levels - 1]
     if bad:
       raise ValueError(
-          f"UNetConfig.temporal_downsample={self.temporal_downsample}: levels {bad} have no "
+          f"ModelConfig.temporal_downsample={self.temporal_downsample}: levels {bad} have no "
           f"downsample; use levels in [0, {self.num_levels - 2}].")
     for level in range(self.num_levels):
-      self._check_heads(self.level_channels(level))
+      channels = self.level_channels(level)
+      self._check_heads(channels)
+      if self.relative_position == "rotary" and (channels // self.heads_for(channels)) % 2:
+        raise ValueError("rotary relative positions need an even head dimension.")
+
+  def _check_dit(self) -> None:
+    self._check_positive(("patch_size", "temporal_patch_size", "hidden_size", "depth", "max_frames"))
+    if not self.mlp_dim >= 1:
+      raise ValueError(f"ModelConfig.mlp_ratio={self.mlp_ratio} gives no MLP units; use mlp_ratio > 0.")
+    self._check_heads(self.hidden_size)
+    head = self.hidden_size // self.heads_for(self.hidden_size)
+    if self.position == "rope" and (head % 2 or head < 6):
+      raise ValueError(f"3D rotary positions need an even head dimension >= 6 (t, h, w each get an even "
+                       f"share); got {head}: change head_dim/num_heads or use model.position='learned'.")
+    if self.position == "learned" and (self.image_size % self.patch_size
+                                       or self.max_frames % self.temporal_patch_size):
+      raise ValueError(f"learned positions need image_size={self.image_size} divisible by patch_size="
+                       f"{self.patch_size} and max_frames={self.max_frames} by temporal_patch_size="
+                       f"{self.temporal_patch_size}; change them.")
 
   def _check_heads(self, channels: int) -> None:
     if self.num_heads:
@@ -138,16 +208,20 @@ class UNetConfig:
             f"{channels} channels do not split into num_heads={self.num_heads}; change num_heads.")
     elif channels % self.head_dim:
       raise ValueError(
-          f"{channels} channels do not split into heads of head_dim={self.head_dim}; "
-          "change head_dim or base_channels/channel_mult.")
-    if self.relative_position == "rotary" and (channels // self.heads_for(channels)) % 2:
-      raise ValueError("rotary relative positions need an even head dimension.")
+          f"{channels} channels do not split into heads of head_dim={self.head_dim}; change head_dim "
+          + ("or hidden_size." if self.backbone == "dit" else "or base_channels/channel_mult."))
 
-  def validate(self, num_frames: int, height: int, width: int) -> None:
-    """Checks that a [T, H, W] input fits this architecture; ValueError says what to change."""
+  def validate(self, num_frames: int, height: int, width: int, image_frames: int = 0) -> None:
+    """Checks that a [T, H, W] input (`image_frames` of the T independent images) fits this
+    architecture; ValueError says in one line what to change."""
+    if num_frames < 1:
+      raise ValueError(f"num_frames={num_frames} must be >= 1.")
+    if self.backbone == "dit":
+      self._validate_dit(num_frames, height, width, image_frames)
+      return
     if height != self.image_size:
       raise ValueError(
-          f"Frame height {height} differs from UNetConfig.image_size={self.image_size}, which places "
+          f"Frame height {height} differs from ModelConfig.image_size={self.image_size}, which places "
           f"attention at sizes {self.attention_resolutions}; set model.image_size={height}.")
     factor = 2 ** (self.num_levels - 1)
     if height % factor or width % factor:
@@ -159,8 +233,27 @@ class UNetConfig:
       raise ValueError(
           f"num_frames={num_frames} must divide by {t_factor} for temporal_downsample="
           f"{self.temporal_downsample}; change the clip length or the levels.")
-    if num_frames < 1:
-      raise ValueError(f"num_frames={num_frames} must be >= 1.")
+
+  def _validate_dit(self, num_frames: int, height: int, width: int, image_frames: int) -> None:
+    p, pt = self.patch_size, self.temporal_patch_size
+    if height % p or width % p:
+      raise ValueError(f"Frame size {height}x{width} does not divide into {p}x{p} patches; change "
+                       f"model.patch_size or the resolution.")
+    if num_frames % pt:
+      raise ValueError(f"{num_frames} frames do not divide into tubelets of temporal_patch_size={pt}; "
+                       "change model.temporal_patch_size or the clip length.")
+    if image_frames and pt > 1:
+      raise ValueError(f"{image_frames} image frames cannot be kept independent in tubelets of "
+                       f"temporal_patch_size={pt} frames; set model.temporal_patch_size=1 or "
+                       "data.image_frames=0.")
+    if self.position == "learned" and (height > self.image_size or width > self.image_size
+                                       or num_frames > self.max_frames):
+      raise ValueError(f"learned positions cover {self.max_frames} frames of up to {self.image_size}x"
+                       f"{self.image_size}, not {num_frames}x{height}x{width}; raise model.max_frames/"
+                       "image_size or use model.position='rope'.")
+
+
+UNetConfig = ModelConfig  # the former name, kept while callers move to ModelConfig
 
 
 def vdm_ucf101_config(**overrides) -> UNetConfig:

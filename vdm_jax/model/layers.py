@@ -138,3 +138,22 @@ def sinusoidal_embedding(noise_level: jax.Array, dim: int, scale: float = 1000.0
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
+
+
+def call_block(block, remat: bool, *args, **static_kwargs):
+  """block(*args, **static_kwargs), rematerialised when `remat` (the "block" remat of every backbone).
+
+  Under NNX the module is split into a graphdef and a state that jax.checkpoint sees as an input;
+  the kwargs stay Python values (e.g. `deterministic`).
+  """
+  if not remat:
+    return block(*args, **static_kwargs)
+  graphdef, state = nnx.split(block)
+
+  def run(state, *args):
+    module = nnx.merge(graphdef, state)
+    return module(*args, **static_kwargs), nnx.state(module)
+  out, state = jax.checkpoint(run)(state, *args)
+  if not static_kwargs.get("deterministic", True):
+    nnx.update(block, state)  # dropout rng counters advance (nothing changes otherwise)
+  return out

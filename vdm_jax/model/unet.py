@@ -16,7 +16,7 @@ from flax import nnx
 from vdm_jax.model.attention import SpatialAttention, TemporalAttention
 from vdm_jax.model.config import UNetConfig
 from vdm_jax.model.inputs import Embedding, assemble_inputs, check_inputs, input_channels
-from vdm_jax.model.layers import Conv2D, Dense, GroupNorm
+from vdm_jax.model.layers import Conv2D, Dense, GroupNorm, call_block
 from vdm_jax.parallel.logical import constrain
 
 ACT_AXES = ("batch", "time", "height", "width", "channels")
@@ -84,21 +84,6 @@ class Upsample(nnx.Module):
       x = jnp.repeat(x, 2, axis=1)
     x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
     return _frames(self.conv, x)
-
-
-def _apply(block, remat: bool, *args, **static_kwargs):
-  """block(*args, **static_kwargs), rematerialised when `remat`; kwargs stay Python values."""
-  if not remat:
-    return block(*args, **static_kwargs)
-  graphdef, state = nnx.split(block)
-
-  def run(state, *args):
-    module = nnx.merge(graphdef, state)
-    return module(*args, **static_kwargs), nnx.state(module)
-  out, state = jax.checkpoint(run)(state, *args)
-  if not static_kwargs.get("deterministic", True):
-    nnx.update(block, state)  # dropout rng counters advance (nothing changes otherwise)
-  return out
 
 
 class UNet(nnx.Module):
@@ -207,11 +192,11 @@ class Stage(nnx.Module):
                      if temporal else None)
 
   def __call__(self, x, emb, image_mask=None, deterministic: bool = True):
-    x = _apply(self.res, self.remat, x, emb, deterministic=deterministic)
+    x = call_block(self.res, self.remat, x, emb, deterministic=deterministic)
     if self.spatial is not None:
-      x = constrain(_apply(self.spatial, self.remat, x), ACT_AXES)
+      x = constrain(call_block(self.spatial, self.remat, x), ACT_AXES)
     if self.temporal is not None:
-      x = constrain(_apply(self.temporal, self.remat, x, image_mask), ACT_AXES)
+      x = constrain(call_block(self.temporal, self.remat, x, image_mask), ACT_AXES)
     return x
 
 

@@ -28,6 +28,7 @@ DEFAULT_RULES: Rules = {
     "channels": None,
     "length": None,
     "act_heads": "tensor",
+    "act_mlp": "tensor",  # the hidden units of a transformer MLP
     # parameters
     "embed": "fsdp",      # input features of dense layers and convs
     "mlp": "tensor",      # output features of dense layers and convs
@@ -38,6 +39,8 @@ DEFAULT_RULES: Rules = {
     "norm": None,         # GroupNorm scale / bias
     "vocab": None,        # class embedding rows
     "buckets": None,      # relative-position buckets
+    "patch": None,        # tubelet features of the DiT's patch embedding / unpatchify projection
+    "position": None,     # rows of learned position tables
 }
 
 _RULES_STACK: list[Rules] = []

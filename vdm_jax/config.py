@@ -254,11 +254,11 @@ def base_config():
 def shrink_to_tiny(config) -> None:
   """Turns a config into its `tiny` variant in place: the same pipeline, data and conditioning
   (classes, conditioning frames, image frames), at a size that trains end to end in a minute or two
-  on a CPU (8 frames of 16x16, a 2-level 16-channel U-Net, a few steps)."""
+  on a CPU (8 frames of 16x16, a 2-level 16-channel U-Net or a 2-block 32-wide DiT, a few steps)."""
   config.data.update(num_frames=8, resolution=16, frame_stride=1)
   config.model.update(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8,
                       attention_resolutions=(8,), image_size=16, head_dim=16, num_heads=0, emb_dim=0,
-                      dropout=0.0, dtype="float32", remat="none")
+                      dropout=0.0, dtype="float32", remat="none", hidden_size=32, depth=2)
   config.train.update(global_batch_size=8, num_steps=6, log_every=2, sample_every=4,
                       checkpoint_every=3, progress_bar=False,
                       cond_frames=min(config.train.cond_frames, 2))
@@ -301,7 +301,7 @@ def _check_model_fits_data(exp: ExperimentConfig, info: DatasetInfo) -> None:
     raise ValueError(f"model.prediction={exp.model.prediction!r} and diffusion.prediction="
                      f"{exp.diffusion.prediction!r} differ; set both to the same target")
   exp.model.validate(exp.data.num_frames + exp.data.image_frames, exp.data.resolution,
-                     exp.data.resolution)
+                     exp.data.resolution, image_frames=exp.data.image_frames)
   if exp.model.in_channels != info.channels or exp.model.out_channels != info.channels:
     raise ValueError(f"dataset {info.name!r} has {info.channels} channels but model.in_channels="
                      f"{exp.model.in_channels}, model.out_channels={exp.model.out_channels}; set "

@@ -4,6 +4,7 @@ Nothing here knows the model: everything takes a `denoise_fn(z, logsnr, cond) ->
 """
 
 from vdm_jax.diffusion.config import DiffusionConfig
+from vdm_jax.diffusion.distillation import DistillConfig, distillation_loss, teacher_target
 from vdm_jax.diffusion.guidance import (
                                         classifier_free_guidance,
                                         frame_guidance_weights,
@@ -49,13 +50,13 @@ from vdm_jax.diffusion.schedule import (
 )
 
 __all__ = [
-    "CosineSchedule", "DiffusionConfig", "MULTISTEP_SAMPLERS", "PREDICTIONS",
+    "CosineSchedule", "DiffusionConfig", "DistillConfig", "MULTISTEP_SAMPLERS", "PREDICTIONS",
     "SAMPLERS", "SamplerConfig", "WEIGHTINGS", "alpha_sigma", "ancestral_update",
     "angle_from_logsnr", "carry_sample", "classifier_free_guidance", "ddim_coefficients",
-    "ddim_update", "diffusion_loss", "dpmpp2m_update", "eps_from_v",
+    "ddim_update", "diffusion_loss", "distillation_loss", "dpmpp2m_update", "eps_from_v",
     "eps_from_x", "frame_guidance_weights", "initial_carry", "initial_noise", "log_weight",
     "make_predict_fn", "multistep_step", "noise_level_from_logsnr", "reconstruction_guidance",
     "replace_known_frames", "resolution_shift", "sample", "sample_loop", "sample_times",
-    "sample_training_logsnr", "sampler_step", "target_for", "to_x_eps",
+    "sample_training_logsnr", "sampler_step", "target_for", "teacher_target", "to_x_eps",
     "v_from_x_eps", "x_from_eps", "x_from_v",
 ]

@@ -5,7 +5,7 @@ import pytest
 
 import configs.default
 from vdm_jax.config import ExperimentConfig
-from vdm_jax.generation import GenerateOptions, plan
+from vdm_jax.generation import GenerateOptions, options_from, plan
 from vdm_jax.parallel import host
 
 GiB = 2**30
@@ -39,3 +39,17 @@ def test_extension_frames_count_and_no_machine_holds_a_billion(exp):
 def test_unknown_memory_checks_nothing(exp, monkeypatch):
   monkeypatch.setattr(host, "host_memory_bytes", lambda: 0)
   plan(exp, GenerateOptions(num_samples=5_000_000), num_devices=1)
+
+
+def test_a_distilled_student_samples_with_its_steps_by_default(exp):
+  config = configs.default.get_config("tiny")
+  config.sample.update(sampler="ancestral", num_steps=64, eta=0.5, corrector_steps=1, clip_x=False)
+  assert plan(ExperimentConfig.from_config_dict(config), GenerateOptions(), 1).sampler_config == (
+      ExperimentConfig.from_config_dict(config).sample.sampler_config())  # an ordinary run: as set
+  config.distill.update(teacher_workdir="/runs/teacher", student_steps=8)
+  student = ExperimentConfig.from_config_dict(config)
+  s = plan(student, GenerateOptions(), num_devices=1).sampler_config  # the trainer's samples
+  assert (s.sampler, s.num_steps, s.eta, s.corrector_steps, s.clip_x) == ("ddim", 8, 0.0, 0, False)
+  assert options_from(student).sampling == s  # sample.py with no sampler flags
+  flagged = options_from(student, num_steps=16, sampler="dpmpp2m").sampling  # flags still win
+  assert (flagged.sampler, flagged.num_steps) == ("dpmpp2m", 16)

@@ -74,11 +74,12 @@ def checkpoint_dir(workdir: str, *, create: bool = False) -> str:
 
 
 def make_manifest(exp: ExperimentConfig, mesh: jax.sharding.Mesh, dataset: dict,
-                  num_params: int) -> dict:
-  """The run description saved with every step (`save` adds the step)."""
+                  num_params: int, distill: dict | None = None) -> dict:
+  """The run description saved with every step (`save` adds the step); a distillation student's
+  also its teacher workdir and step, round and step counts (train/distill.py `manifest_entry`)."""
   return {"config": exp.to_dict(), "versions": library_versions(),
           "mesh": {k: int(v) for k, v in mesh.shape.items()}, "dataset": dataset,
-          "num_params": int(num_params)}
+          "num_params": int(num_params), **({"distill": dict(distill)} if distill else {})}
 
 
 def read_experiment(workdir: str, step: int | None = None, *,

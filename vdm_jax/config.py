@@ -1,7 +1,7 @@
 """The experiment config: typed sections, their validation, and workdir compatibility.
 
 A config file (configs/*.py) builds on `base_config()` and returns an ml_collections.ConfigDict
-with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample;
+with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample, distill;
 `ExperimentConfig.from_config_dict` turns each into its frozen dataclass (each checks its value
 ranges), rejecting unknown keys with the nearest known one and the list of known ones (as does
 `check_overrides` for --config.<section>.<key> flags, before ml_collections parses them), and
@@ -24,6 +24,7 @@ import numpy as np
 
 from vdm_jax.data.config import DataConfig, DatasetInfo
 from vdm_jax.diffusion import DiffusionConfig, SamplerConfig
+from vdm_jax.diffusion.distillation import DistillConfig
 from vdm_jax.model.build import count_params
 from vdm_jax.model.config import UNetConfig
 from vdm_jax.parallel.host import check_fits_in_memory
@@ -159,7 +160,7 @@ class SampleConfig(SamplerConfig):
 
 SECTIONS = {"data": DataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
             "optim": OptimConfig, "train": TrainConfig, "mesh": MeshConfig,
-            "checkpoint": CheckpointConfig, "sample": SampleConfig}
+            "checkpoint": CheckpointConfig, "sample": SampleConfig, "distill": DistillConfig}
 
 
 def unknown_names_message(where: str, unknown: Sequence[str], known: Sequence[str],
@@ -221,6 +222,7 @@ class ExperimentConfig:
   mesh: MeshConfig
   checkpoint: CheckpointConfig
   sample: SampleConfig
+  distill: DistillConfig = DistillConfig()
 
   @classmethod
   def from_config_dict(cls, config: Any) -> ExperimentConfig:

@@ -4,6 +4,7 @@ Nothing here knows the model: everything takes a `denoise_fn(z, logsnr, cond) ->
 """
 
 from vdm_jax.diffusion.config import DiffusionConfig
+from vdm_jax.diffusion.distillation import DistillConfig, distillation_loss, teacher_target
 from vdm_jax.diffusion.guidance import (
                                         classifier_free_guidance,
                                         frame_guidance_weights,
@@ -22,13 +23,18 @@ from vdm_jax.diffusion.parameterization import (
                                         x_from_v,
 )
 from vdm_jax.diffusion.samplers import (
+                                        MULTISTEP_SAMPLERS,
                                         SAMPLERS,
                                         SamplerConfig,
                                         ancestral_update,
+                                        carry_sample,
                                         ddim_coefficients,
                                         ddim_update,
+                                        dpmpp2m_update,
+                                        initial_carry,
                                         initial_noise,
                                         make_predict_fn,
+                                        multistep_step,
                                         sample,
                                         sample_loop,
                                         sampler_step,
@@ -44,11 +50,13 @@ from vdm_jax.diffusion.schedule import (
 )
 
 __all__ = [
-    "CosineSchedule", "DiffusionConfig", "PREDICTIONS", "SAMPLERS", "SamplerConfig", "WEIGHTINGS",
-    "alpha_sigma", "ancestral_update", "angle_from_logsnr", "classifier_free_guidance",
-    "ddim_coefficients", "ddim_update", "diffusion_loss", "eps_from_v", "eps_from_x",
-    "frame_guidance_weights", "initial_noise", "log_weight", "make_predict_fn",
-    "noise_level_from_logsnr", "reconstruction_guidance", "replace_known_frames",
-    "resolution_shift", "sample", "sample_loop", "sample_training_logsnr", "sample_times",
-    "sampler_step", "target_for", "to_x_eps", "v_from_x_eps", "x_from_eps", "x_from_v",
+    "CosineSchedule", "DiffusionConfig", "DistillConfig", "MULTISTEP_SAMPLERS", "PREDICTIONS",
+    "SAMPLERS", "SamplerConfig", "WEIGHTINGS", "alpha_sigma", "ancestral_update",
+    "angle_from_logsnr", "carry_sample", "classifier_free_guidance", "ddim_coefficients",
+    "ddim_update", "diffusion_loss", "distillation_loss", "dpmpp2m_update", "eps_from_v",
+    "eps_from_x", "frame_guidance_weights", "initial_carry", "initial_noise", "log_weight",
+    "make_predict_fn", "multistep_step", "noise_level_from_logsnr", "reconstruction_guidance",
+    "replace_known_frames", "resolution_shift", "sample", "sample_loop", "sample_times",
+    "sample_training_logsnr", "sampler_step", "target_for", "teacher_target", "to_x_eps",
+    "v_from_x_eps", "x_from_eps", "x_from_v",
 ]

@@ -1,4 +1,4 @@
-"""DDIM and ancestral samplers as pure functions of a denoiser (docs/MATH.md section 5).
+"""DDIM, ancestral and DPM-Solver++(2M) samplers as pure functions of a denoiser (docs/MATH.md section 5).
 
 Grid u_i = i / N; each step goes from t = u_{i+1} to s = u_i, i = N-1 ... 0; the last step returns x_hat.
 The whole loop is one `lax.fori_loop`, so N is a compile-time constant, the body is traced once, and a
@@ -11,6 +11,10 @@ compose without copying the loop:
   sampler_step(...)                                one update t -> s.
   sample_loop(...)                                 steps [start, stop) of the loop (chunks for progress).
   sample(...)                                      the whole thing from noise.
+
+The loop's carry is the latent z itself for the one-step samplers (DDIM, ancestral); a multistep
+solver (DPM-Solver++(2M)) also carries the previous step's x_hat, as the tuple (z, x_prev).
+`initial_carry(z, config)` makes the carry, `carry_sample(carry)` reads z (x after the last step).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from vdm_jax.diffusion.schedule import CosineSchedule, alpha_sigma, angle_from_l
 
 PredictFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 PostStepFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-SAMPLERS = ("ddim", "ancestral")
+SAMPLERS = ("ddim", "ancestral", "dpmpp2m")
+MULTISTEP_SAMPLERS = ("dpmpp2m",)  # samplers whose loop carry is (z, x_prev)
+Carry = jax.Array | tuple[jax.Array, jax.Array]
 # Step i's key is fold_in(rng, i); it is split into the update's and the corrector's keys, and
 # post_step_fn gets fold_in(step key, POST_STEP_STREAM), a separate stream (a prime far from any
 # step or corrector index). Changing it changes every sample drawn with a post_step_fn.
@@ -46,7 +52,8 @@ class SamplerConfig:
   The one definition of sampler settings: the config's `sample` section inherits these fields,
   generation.GenerateOptions holds one, and sample.py makes a flag of each field (help: `metadata`).
   """
-  sampler: str = _field("ddim", "Sampler: ddim or ancestral.")
+  sampler: str = _field("ddim", "Sampler: ddim, ancestral or dpmpp2m (DPM-Solver++(2M), "
+                        "deterministic second-order multistep for 10-25 steps; eta, gamma unused).")
   num_steps: int = _field(64, "Sampler steps N (denoiser evaluations without the corrector).")
   eta: float = _field(0.0, "DDIM stochasticity in [0, 1]; 0 deterministic, 1 = ancestral with the "
                       "small variance.")
@@ -156,6 +163,31 @@ def ancestral_update(z_t: jax.Array, x_hat: jax.Array, logsnr_t: jax.Array, logs
   return mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, z_t.shape, z_t.dtype)
 
 
+def dpmpp2m_update(z_t: jax.Array, x_hat: jax.Array, x_prev: jax.Array, logsnr_prev: jax.Array,
+                   logsnr_t: jax.Array, logsnr_s: jax.Array, first: jax.Array) -> jax.Array:
+  """One DPM-Solver++(2M) step t -> s (Lu et al. 2022, data prediction, multistep second order).
+
+  In the solver's time lambda = logsnr / 2 (log alpha / sigma), with h = lambda_s - lambda_t and
+  h_prev = lambda_t - lambda_prev the previous step's:
+    D = x_hat + (x_hat - x_prev) h / (2 h_prev)      (D = x_hat on the first step: first order)
+    z_s = (sigma_s / sigma_t) z_t - alpha_s expm1(-h) D
+  With D = x_hat this is DDIM (eta 0): alpha_s x_hat + sigma_s eps_hat.
+
+  Args:
+    z_t: the current latent.
+    x_hat: the x prediction at (z_t, lambda_t).
+    x_prev: the x prediction of the previous step (ignored where `first`).
+    logsnr_prev, logsnr_t, logsnr_s: log-SNR of the previous step's start, of t and of s.
+    first: bool, possibly traced: no previous prediction (first-order step).
+  """
+  _, sigma_t = alpha_sigma(logsnr_t)
+  alpha_s, sigma_s = alpha_sigma(logsnr_s)
+  h = 0.5 * (jnp.asarray(logsnr_s, jnp.float32) - logsnr_t)
+  h_prev = jnp.where(first, 1.0, 0.5 * (jnp.asarray(logsnr_t, jnp.float32) - logsnr_prev))
+  d = jnp.where(first, x_hat, x_hat + (h / (2.0 * h_prev)) * (x_hat - x_prev))
+  return (sigma_s / sigma_t) * z_t - alpha_s * jnp.expm1(-h) * d
+
+
 def langevin_corrector(predict_fn: PredictFn, z_s: jax.Array, logsnr_s: jax.Array, rng: jax.Array,
                        *, num_steps: int, delta: float) -> jax.Array:
   """z <- z - 0.5 delta sigma_s eps_hat(z) + sqrt(delta) sigma_s noise, `num_steps` times (VDM)."""
@@ -187,12 +219,36 @@ def sampler_step(predict_fn: PredictFn, z_t: jax.Array, logsnr_t: jax.Array, log
   Returns:
     z_s, or x_hat when `is_last`.
   """
+  if config.sampler in MULTISTEP_SAMPLERS:
+    raise ValueError(f"{config.sampler} is multistep: use multistep_step (or sample_loop)")
   rng_step, rng_corr = jax.random.split(rng)
   x_hat, eps_hat = predict_fn(z_t, logsnr_t)
   if config.sampler == "ddim":
     z_s = ddim_update(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, eta=config.eta, rng=rng_step)
   else:
     z_s = ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, gamma=config.gamma, rng=rng_step)
+  return _finish_step(predict_fn, x_hat, z_s, logsnr_s, rng_corr, config, is_last)
+
+
+def multistep_step(predict_fn: PredictFn, carry: tuple[jax.Array, jax.Array], logsnr_prev: jax.Array,
+                   logsnr_t: jax.Array, logsnr_s: jax.Array, rng: jax.Array, config: SamplerConfig,
+                   is_first: jax.Array, is_last: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One DPM-Solver++(2M) update of the carry (z_t, x_prev) -> (z_s, x_hat); z_s = x_hat when last.
+
+  The corrector (if any) runs after every step but the last, as in `sampler_step`.
+  """
+  z_t, x_prev = carry
+  _, rng_corr = jax.random.split(rng)
+  x_hat, _ = predict_fn(z_t, logsnr_t)
+  z_s = dpmpp2m_update(z_t, x_hat, x_prev.astype(x_hat.dtype), logsnr_prev, logsnr_t, logsnr_s,
+                       is_first)
+  z_s = _finish_step(predict_fn, x_hat, z_s.astype(z_t.dtype), logsnr_s, rng_corr, config, is_last)
+  return z_s, x_hat.astype(x_prev.dtype)
+
+
+def _finish_step(predict_fn: PredictFn, x_hat: jax.Array, z_s: jax.Array, logsnr_s: jax.Array,
+                 rng_corr: jax.Array, config: SamplerConfig, is_last: jax.Array) -> jax.Array:
+  """x_hat when `is_last`, else z_s after the Langevin corrector (skipped at run time when last)."""
   if not config.corrector_steps:
     return jnp.where(is_last, x_hat, z_s)
 
@@ -210,28 +266,48 @@ def step_logsnrs(schedule: CosineSchedule, num_steps: int,
   return schedule.logsnr((step + 1.0) / num_steps), schedule.logsnr(step / num_steps)
 
 
-def sample_loop(predict_fn: PredictFn, z: jax.Array, rng: jax.Array, *, schedule: CosineSchedule,
+def sample_loop(predict_fn: PredictFn, z: Carry, rng: jax.Array, *, schedule: CosineSchedule,
                 config: SamplerConfig, start: int | jax.Array = 0, stop: int | jax.Array | None = None,
-                post_step_fn: PostStepFn | None = None) -> jax.Array:
+                post_step_fn: PostStepFn | None = None) -> Carry:
   """Run loop iterations [start, stop) of N = config.num_steps (iteration k is step i = N - 1 - k).
 
   `start`/`stop` may be traced, so a jitted caller can run the loop in chunks (to show progress)
-  with one compilation. Iteration N - 1 returns x_hat.
+  with one compilation. Iteration N - 1 returns x_hat. `z` is the loop carry (`initial_carry`): the
+  latent for DDIM and ancestral, (z, x_prev) for dpmpp2m; the same kind is returned.
   """
   n = config.num_steps
   stop = n if stop is None else stop
+  multistep = config.sampler in MULTISTEP_SAMPLERS
+  if multistep != isinstance(z, tuple):
+    raise ValueError(f"sample_loop of {config.sampler!r} got a carry of the wrong kind; start from "
+                     "initial_carry(z, config) and read the result with carry_sample")
 
-  def body(k, z):
+  def body(k, carry):
     i = n - 1 - k
     logsnr_t, logsnr_s = step_logsnrs(schedule, n, i)
     step_rng = jax.random.fold_in(rng, i)
     is_last = i == 0
-    z = sampler_step(predict_fn, z, logsnr_t, logsnr_s, step_rng, config, is_last)
+    if multistep:  # the previous step started at u_{i+2} (clamped on the first step, unused there)
+      logsnr_prev = schedule.logsnr(jnp.minimum(i + 2, n).astype(jnp.float32) / n)
+      z, x_prev = multistep_step(predict_fn, carry, logsnr_prev, logsnr_t, logsnr_s, step_rng,
+                                 config, i == n - 1, is_last)
+    else:
+      z = sampler_step(predict_fn, carry, logsnr_t, logsnr_s, step_rng, config, is_last)
     if post_step_fn is not None:
       z = post_step_fn(z, logsnr_s, jax.random.fold_in(step_rng, POST_STEP_STREAM), is_last)
-    return z
+    return (z, x_prev) if multistep else z
 
   return jax.lax.fori_loop(start, stop, body, z)
+
+
+def initial_carry(z: jax.Array, config: SamplerConfig) -> Carry:
+  """The loop carry at step 0 from the initial latent: z, or (z, zeros) for a multistep sampler."""
+  return (z, jnp.zeros_like(z)) if config.sampler in MULTISTEP_SAMPLERS else z
+
+
+def carry_sample(carry: Carry) -> jax.Array:
+  """The latent (x after the last step) of a loop carry."""
+  return carry[0] if isinstance(carry, tuple) else carry
 
 
 def initial_noise(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -245,5 +321,5 @@ def sample(denoise_fn: DenoiseFn, rng: jax.Array,
   """Draw samples x [shape] from noise with `denoise_fn(z, logsnr [B], cond) -> prediction`."""
   rng_init, rng_loop = jax.random.split(rng)
   predict_fn = make_predict_fn(denoise_fn, cond, prediction=prediction, clip_x=config.clip_x)
-  z = initial_noise(rng_init, shape)
-  return sample_loop(predict_fn, z, rng_loop, schedule=schedule, config=config)
+  carry = initial_carry(initial_noise(rng_init, shape), config)
+  return carry_sample(sample_loop(predict_fn, carry, rng_loop, schedule=schedule, config=config))

@@ -27,7 +27,8 @@ class GenerateOptions:
 
   Attributes:
     num_samples: N videos.
-    sampling: the sampler (diffusion.SamplerConfig); None -> the run config's sample section.
+    sampling: the sampler (diffusion.SamplerConfig); None -> the run config's sample section (a
+      distilled student's: DDIM with the steps it was trained for, `default_sampler_config`).
       sample.py's sampler flags (--sampler, --num_steps, --eta, ...) override single fields.
     seed: a sample's initial noise depends only on the seed and its index, so DDIM (eta 0) gives
       the same samples for any batch size and device count; stochastic samplers' step noise also
@@ -84,8 +85,18 @@ def options_from(exp: ExperimentConfig, **kwargs: Any) -> GenerateOptions:
   overrides = {k: v for k, v in overrides.items() if v is not None}
   if kwargs.get("labels") is not None:
     kwargs["labels"] = tuple(int(label) for label in kwargs["labels"])
-  sampling = dataclasses.replace(exp.sample.sampler_config(), **overrides)
+  sampling = dataclasses.replace(default_sampler_config(exp), **overrides)
   return GenerateOptions(sampling=sampling, **kwargs)
+
+
+def default_sampler_config(exp: ExperimentConfig) -> diffusion.SamplerConfig:
+  """The run's sampler: its sample section, or for a progressive-distillation student the sampler
+  it was trained for: DDIM (eta 0, no corrector) with distill.student_steps steps."""
+  sampling = exp.sample.sampler_config()
+  if exp.distill.enabled:
+    sampling = dataclasses.replace(sampling, sampler="ddim", num_steps=exp.distill.student_steps,
+                                   eta=0.0, corrector_steps=0)
+  return sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +143,7 @@ def plan(exp: ExperimentConfig, opts: GenerateOptions, num_devices: int) -> Plan
   batch = -(-batch // num_devices) * num_devices
   shape = (t, exp.data.resolution, exp.data.resolution, exp.model.out_channels)
   _check_sample_memory(opts.num_samples, total, shape)
-  return Plan(opts.sampling or exp.sample.sampler_config(), float(w), t, total, k, method,
+  return Plan(opts.sampling or default_sampler_config(exp), float(w), t, total, k, method,
               overlap, batch, -(-opts.num_samples // batch), shape)
 
 

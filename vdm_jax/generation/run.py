@@ -122,6 +122,7 @@ class _BlockSampler:
     self.exp = exp
     self.batch_shape = (p.batch_size,) + p.shape
     self.num_steps = p.sampler_config.num_steps
+    self.sampler_config = p.sampler_config
     w = p.guidance_weight
     if opts.guidance_weight_end is not None:
       w = diffusion.frame_guidance_weights(w, opts.guidance_weight_end, p.train_frames)
@@ -153,6 +154,7 @@ class _BlockSampler:
       cond = cond.replace(labels=_global(labels, self.sharding))
     rng_noise, rng_loop = jax.random.split(rng)
     z = self.noise_fn(rng_noise, np.int32(first), self.batch_shape)
+    z = diffusion.initial_carry(z, self.sampler_config)  # (z, x_prev) for a multistep sampler
     rng_loop = jax.random.fold_in(rng_loop, first)
     n = self.num_steps
     t0 = time.perf_counter()
@@ -160,8 +162,9 @@ class _BlockSampler:
       stop = min(start + self.chunk, n)
       z = self.chunk_fn(params, z, rng_loop, cond, x_known_g, mask_g, np.int32(start),
                         np.int32(stop))
-      z.block_until_ready()
+      jax.block_until_ready(z)
       logging.info("%s: step %d/%d (%.1f s)", tag, stop, n, time.perf_counter() - t0)
+    z = diffusion.carry_sample(z)
     keep = mask_g[:, :, None, None, None] > 0
     return jnp.where(keep, x_known_g, z)
 

@@ -18,7 +18,8 @@ from vdm_jax import diffusion
 from vdm_jax.denoiser import Conditioning, DenoiseFn, make_denoise_fn, null_cond
 
 FRAME_METHODS = ("model", "reconstruction", "replacement")
-# chunk_fn(params, z, rng, cond, x_known, known_mask, start, stop) -> z after steps [start, stop)
+# chunk_fn(params, carry, rng, cond, x_known, known_mask, start, stop) -> the carry after steps
+# [start, stop); the carry is z (diffusion.initial_carry; (z, x_prev) for a multistep sampler).
 ChunkFn = Callable[..., jax.Array]
 
 
@@ -62,7 +63,9 @@ def make_chunk_fn_from_denoiser(make_denoise: Callable[[Any], DenoiseFn], *,
       forward sample after each step). docs/MATH.md section 6.
     reconstruction_weight: w_r for "reconstruction".
 
-  chunk_fn arguments: params (what make_denoise takes), z [B, T, H, W, C] (noise at start 0), rng
+  chunk_fn arguments: params (what make_denoise takes), z: the loop carry,
+  `diffusion.initial_carry(noise [B, T, H, W, C], sampler_config)` at start 0 (z itself for DDIM
+  and ancestral, (z, x_prev) for dpmpp2m; `diffusion.carry_sample` reads z from it), rng
   (key), cond (Conditioning), x_known [B, T, H, W, C] in [-1, 1] (valid where known), known_mask
   [B, T] float (1 = known), start / stop int32 scalars.
   """

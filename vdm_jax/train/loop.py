@@ -25,6 +25,7 @@ from vdm_jax.config import ExperimentConfig, check_workdir_compatible, validate_
 from vdm_jax.metrics.writers import MetricWriter
 from vdm_jax.model import count_params
 from vdm_jax.parallel import batch_sharding, host_to_global, make_mesh
+from vdm_jax.train import distill
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from vdm_jax.train.state import create_train_state, state_shardings
@@ -85,6 +86,7 @@ class _Run:
   train_iter: Any
   step_fn: Callable
   sampling: generation.SamplingModel
+  step_args: tuple = ()  # step_fn's arguments after the batch (a distillation teacher's params)
   step_flops: float = 0.0
   peak: float = 0.0
 
@@ -113,30 +115,43 @@ def _prepare(config: Any, workdir: str, lock: WorkdirLock, strict_checkpoints: b
   mesh = make_mesh(**dataclasses.asdict(exp.mesh))
   tx = make_optimizer(exp.optim, exp.train.num_steps)
   graphdef, rest, state = create_train_state(exp.model, tx, mesh, exp.train.seed)
-  manifest = checkpoints.make_manifest(exp, mesh, dataclasses.asdict(info),
-                                       count_params(exp.model))
   logging.info("config:\n%s", exp)
   logging.info("model: %s parameters; mesh %s; %d devices, %d processes",
-               f"{manifest['num_params']:,}", dict(mesh.shape), jax.device_count(),
+               f"{count_params(exp.model):,}", dict(mesh.shape), jax.device_count(),
                jax.process_count())
-  data_state = None
+  data_state, resumed = None, None
   if ckpt.latest_step() is not None:
     target = checkpoints.abstract_like(state, state_shardings(state))
-    state, data_state, _ = ckpt.restore(target=target, fallback=not strict_checkpoints)
+    state, data_state, resumed = ckpt.restore(target=target, fallback=not strict_checkpoints)
     logging.info("resumed from step %d", int(state["step"]))
   train_iter = data.create_train_iterator(exp.data, exp.train.global_batch_size,
                                           seed=exp.train.seed)
   if data_state:
     train_iter.set_state(data_state)
-  step_fn = make_train_step(
-      graphdef, rest, tx, learning_rate_schedule(exp.optim, exp.train.num_steps),
-      model_cfg=exp.model, diffusion_cfg=exp.diffusion,
-      schedule=exp.diffusion.schedule(exp.data.resolution), optim_cfg=exp.optim,
-      train_cfg=exp.train)
+  state, step_fn, step_args, distilled = _train_step(exp, graphdef, rest, tx, state, resumed)
+  manifest = checkpoints.make_manifest(exp, mesh, dataclasses.asdict(info),
+                                       count_params(exp.model), distill=distilled)
   sampling = generation.SamplingModel(exp, graphdef, rest, state["ema"], mesh, int(state["step"]))
   # resume_step: metrics.jsonl rows of steps after the checkpoint (logged, then replayed) are dropped.
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=int(state["step"]))
-  return _Run(exp, workdir, mesh, ckpt, writer, state, manifest, train_iter, step_fn, sampling)
+  return _Run(exp, workdir, mesh, ckpt, writer, state, manifest, train_iter, step_fn, sampling,
+              step_args)
+
+
+def _train_step(exp: ExperimentConfig, graphdef: Any, rest: Any, tx: Any, state: dict,
+                resumed: dict | None) -> tuple[dict, Callable, tuple, dict | None]:
+  """(state, the pure train step, its arguments after the batch, the manifest's "distill" entry).
+
+  The diffusion train step, or with a `distill` teacher the progressive-distillation step
+  (train/distill.py: the teacher's params are the extra argument; a fresh student starts from them).
+  """
+  lr = learning_rate_schedule(exp.optim, exp.train.num_steps)
+  schedule = exp.diffusion.schedule(exp.data.resolution)
+  if exp.distill.enabled:
+    return distill.prepare(exp, graphdef, rest, tx, lr, schedule, state, resumed)
+  step_fn = make_train_step(graphdef, rest, tx, lr, model_cfg=exp.model, diffusion_cfg=exp.diffusion,
+                            schedule=schedule, optim_cfg=exp.optim, train_cfg=exp.train)
+  return state, step_fn, (), None
 
 
 def _compile(run: _Run) -> Callable:
@@ -146,10 +161,11 @@ def _compile(run: _Run) -> Callable:
   run.train_iter.set_state(start_position)
   shardings = state_shardings(run.state)
   batch_sh = {k: batch_sharding(run.mesh) for k in batch}
+  args_sh = tuple(state_shardings(arg) for arg in run.step_args)
   t0 = time.perf_counter()
-  compiled = jax.jit(run.step_fn, in_shardings=(shardings, batch_sh),
+  compiled = jax.jit(run.step_fn, in_shardings=(shardings, batch_sh) + args_sh,
                      out_shardings=(shardings, None), donate_argnums=0
-                     ).lower(run.state, batch).compile()
+                     ).lower(run.state, batch, *run.step_args).compile()
   compile_s = time.perf_counter() - t0
   run.step_flops = flops_lib.compiled_flops(compiled)
   run.peak = flops_lib.peak_flops_per_second()
@@ -228,7 +244,8 @@ def _loop(run: _Run, compiled: Callable, preempt: _Preemption) -> tuple[int, dic
   bar = _progress(num_steps, step, jax.process_index() == 0 and exp.train.progress_bar)
   speed = _Speed(run, step)
   while step < num_steps:
-    run.state, metrics = compiled(run.state, host_to_global(next(run.train_iter), run.mesh))
+    run.state, metrics = compiled(run.state, host_to_global(next(run.train_iter), run.mesh),
+                                  *run.step_args)
     step += 1
     pending.append((step, metrics))
     stop = preempt.requested  # read once: a later signal must not skip this step's save

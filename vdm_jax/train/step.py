@@ -77,7 +77,6 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
   (metrics['finite'] is False), so no non-finite value ever enters the state.
   """
   loss_kwargs = diffusion_cfg.loss_kwargs()
-  accum = optim_cfg.grad_accum_steps
 
   def loss_fn(params, micro, rng):
     k_cond, k_drop, k_loss = jax.random.split(rng, 3)
@@ -88,11 +87,28 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
                                frame_mask=frame_mask, **loss_kwargs)
     return jnp.mean(loss), jnp.mean(aux["x_mse"])
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  return gradient_step(jax.value_and_grad(loss_fn, has_aux=True), tx, lr_schedule, optim_cfg)
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+
+def gradient_step(grad_fn: Callable, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
+                  optim_cfg: OptimConfig) -> Callable[..., tuple[TrainState, dict]]:
+  """train_step(state, batch, *args) -> (state, metrics) around any loss's gradient; pure.
+
+  The part every train step shares: the step's rng, gradient accumulation, the optimizer, the EMA
+  and the non-finite guard (a step whose loss or gradient is not finite leaves params, EMA and
+  optimizer state unchanged, metrics['finite'] False).
+
+  Args:
+    grad_fn: (params, micro_batch, rng, *args) -> ((loss, x_mse), grads); `args` are the train
+      step's extra arguments (e.g. a distillation teacher's parameters), passed through unchanged.
+    tx, lr_schedule, optim_cfg: the optimizer, its learning rate and settings (accumulation, EMA).
+  """
+  accum = optim_cfg.grad_accum_steps
+
+  def train_step(state: TrainState, batch: dict, *args: Any) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-    (loss, x_mse), grads = accumulate_grads(grad_fn, state["params"], batch, step_rng, accum)
+    (loss, x_mse), grads = accumulate_grads(lambda p, b, r: grad_fn(p, b, r, *args),
+                                            state["params"], batch, step_rng, accum)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

@@ -75,10 +75,12 @@ class OptimConfig:
   grad_clip_norm: float = 1.0  # 0 = no clipping
   grad_accum_steps: int = 1
   ema_decay: float = 0.999
+  trainable: str = "all"  # "temporal": only temporal layers train (image-first, train/inflate.py)
 
   def __post_init__(self):
-    if self.optimizer not in ("adam", "adamw"):
-      raise ValueError(f"optim.optimizer={self.optimizer!r}: use 'adam' or 'adamw'")
+    if self.optimizer not in ("adam", "adamw") or self.trainable not in ("all", "temporal"):
+      raise ValueError(f"optim.optimizer={self.optimizer!r}, optim.trainable={self.trainable!r}: "
+                       "use 'adam' or 'adamw', and 'all' or 'temporal'")
     if self.schedule not in ("constant", "cosine"):
       raise ValueError(f"optim.schedule={self.schedule!r}: use 'constant' or 'cosine'")
     check_ranges("optim", self, {
@@ -101,6 +103,7 @@ class TrainConfig:
   cond_frames: int = 0  # known leading frames given to a frame-conditioned model (BAIR: 1)
   cond_dropout: float = 0.1  # probability of dropping the conditioning frames
   progress_bar: bool = True
+  init_from: str | None = None  # a finished run whose shared params start a fresh one (train/inflate.py)
 
   def __post_init__(self):
     check_ranges("train", self, {

@@ -25,7 +25,7 @@ from vdm_jax.config import ExperimentConfig, check_workdir_compatible, validate_
 from vdm_jax.metrics.writers import MetricWriter
 from vdm_jax.model import count_params
 from vdm_jax.parallel import batch_sharding, host_to_global, make_mesh
-from vdm_jax.train import distill
+from vdm_jax.train import distill, inflate
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from vdm_jax.train.state import create_train_state, state_shardings
@@ -128,6 +128,10 @@ def _prepare(config: Any, workdir: str, lock: WorkdirLock, strict_checkpoints: b
                                           seed=exp.train.seed)
   if data_state:
     train_iter.set_state(data_state)
+  inflate.check_trainable(state["params"], exp.optim.trainable)
+  if exp.train.init_from and resumed is None:
+    state, initialised = inflate.init_from(exp, state, mesh)
+    logging.info("parameters from %s", initialised)
   state, step_fn, step_args, distilled = _train_step(exp, graphdef, rest, tx, state, resumed)
   manifest = checkpoints.make_manifest(exp, mesh, dataclasses.asdict(info),
                                        count_params(exp.model), distill=distilled)

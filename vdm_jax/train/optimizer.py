@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from vdm_jax.config import OptimConfig
+
+TEMPORAL_KEY = "temporal"  # the U-Net's temporal attention modules live under this attribute name
 
 
 def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:
@@ -22,7 +26,7 @@ def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedul
 
 
 def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping, then Adam or AdamW on the learning-rate schedule."""
+  """Global-norm clipping, then Adam or AdamW on the learning-rate schedule; `trainable` freezes."""
   lr = learning_rate_schedule(config, num_steps)
   if config.optimizer == "adamw":
     opt = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -30,8 +34,8 @@ def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransfo
   else:
     opt = optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
   if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
-  return opt
+    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  return freeze(opt, config.trainable)
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -43,3 +47,27 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
 def ema_update(ema, params, decay: jax.Array):
   """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema, params)
+
+
+def trainable_mask(params: Any, trainable: str) -> Any:
+  """A bool per parameter leaf: True where `trainable` ("all" or "temporal") lets it change."""
+  def keep(path, _):
+    return trainable == "all" or TEMPORAL_KEY in jax.tree_util.keystr(path)
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def freeze(tx: optax.GradientTransformation, trainable: str) -> optax.GradientTransformation:
+  """tx with the gradients and the updates of frozen parameters zeroed (stateless: no new state).
+
+  Zeroing before tx keeps frozen gradients out of clipping and Adam's moments; zeroing after keeps
+  AdamW's weight decay off the frozen parameters.
+  """
+  if trainable == "all":
+    return tx
+
+  def zero_frozen(updates, state, params=None):
+    mask = trainable_mask(updates, trainable)
+    return jax.tree.map(lambda u, m: u if m else jnp.zeros_like(u), updates, mask), state
+
+  mask_tx = optax.GradientTransformation(lambda _: optax.EmptyState(), zero_frozen)
+  return optax.chain(mask_tx, tx, mask_tx)

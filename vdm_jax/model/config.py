@@ -50,6 +50,9 @@ class UNetConfig:
       fast on one device and 1.5x faster with one device per core (benchmarks/RESULTS.md).
     attention_chunk_size: query chunk of spatial attention (0 = no chunking).
     prediction: what the output is ("v", "eps" or "x"); informational for callers.
+    lowres_channels: channels of a super-resolution stage's conditioning video (the previous
+      stage's output upsampled to this stage's shape, concatenated as channels; its augmentation
+      level is embedded like the noise level); 0 = not a cascade stage (vdm_jax.superres).
   """
 
   in_channels: int = 3
@@ -78,6 +81,8 @@ class UNetConfig:
   conv_impl: str = "lax"
   attention_chunk_size: int = 0
   prediction: str = "v"
+  # Cascade super-resolution stage (vdm_jax.superres).
+  lowres_channels: int = 0
 
   def __post_init__(self):
     for name in ("channel_mult", "attention_resolutions", "temporal_downsample"):
@@ -123,6 +128,8 @@ class UNetConfig:
       raise ValueError(f"UNetConfig.dropout={self.dropout} must be in [0, 1).")
     if self.num_classes < 0 or self.cond_channels < 0 or self.attention_chunk_size < 0:
       raise ValueError("UNetConfig.num_classes, cond_channels, attention_chunk_size must be >= 0.")
+    if self.lowres_channels < 0:
+      raise ValueError(f"UNetConfig.lowres_channels={self.lowres_channels} must be >= 0.")
     bad = [lv for lv in self.temporal_downsample if not 0 <= lv < self.num_levels - 1]
     if bad:
       raise ValueError(

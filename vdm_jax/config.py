@@ -1,7 +1,7 @@
 """The experiment config: typed sections, their validation, and workdir compatibility.
 
 A config file (configs/*.py) builds on `base_config()` and returns an ml_collections.ConfigDict
-with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample;
+with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample, cascade;
 `ExperimentConfig.from_config_dict` turns each into its frozen dataclass (each checks its value
 ranges), rejecting unknown keys with the nearest known one and the list of known ones (as does
 `check_overrides` for --config.<section>.<key> flags, before ml_collections parses them), and
@@ -28,6 +28,7 @@ from vdm_jax.model.build import count_params
 from vdm_jax.model.config import UNetConfig
 from vdm_jax.parallel.host import check_fits_in_memory
 from vdm_jax.parallel.sharding import num_batch_devices
+from vdm_jax.superres import CascadeConfig, check_cascade
 
 # Config sections that must match for a workdir's checkpoints to be resumed.
 _COMPATIBLE_SECTIONS = ("model", "diffusion")
@@ -159,7 +160,7 @@ class SampleConfig(SamplerConfig):
 
 SECTIONS = {"data": DataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
             "optim": OptimConfig, "train": TrainConfig, "mesh": MeshConfig,
-            "checkpoint": CheckpointConfig, "sample": SampleConfig}
+            "checkpoint": CheckpointConfig, "sample": SampleConfig, "cascade": CascadeConfig}
 
 
 def unknown_names_message(where: str, unknown: Sequence[str], known: Sequence[str],
@@ -221,6 +222,7 @@ class ExperimentConfig:
   mesh: MeshConfig
   checkpoint: CheckpointConfig
   sample: SampleConfig
+  cascade: CascadeConfig
 
   @classmethod
   def from_config_dict(cls, config: Any) -> ExperimentConfig:
@@ -361,6 +363,8 @@ def validate_experiment(exp: ExperimentConfig, info: DatasetInfo, num_devices: i
     check_ranges("diffusion", exp.diffusion, {"min_snr_gamma": POSITIVE, "p_std": POSITIVE,
                                               "shift": FINITE, "shift_reference_size": AT_LEAST_0})
     _check_model_fits_data(exp, info)
+    check_cascade(exp.cascade, exp.model.lowres_channels, info.channels, exp.data.num_frames,
+                  exp.data.resolution, exp.data.image_frames)
     _check_batch_fits_data(exp, info)
     _check_host_memory(exp, info, num_devices, num_processes)
   except ConfigError:

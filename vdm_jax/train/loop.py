@@ -132,7 +132,7 @@ def _prepare(config: Any, workdir: str, lock: WorkdirLock, strict_checkpoints: b
       graphdef, rest, tx, learning_rate_schedule(exp.optim, exp.train.num_steps),
       model_cfg=exp.model, diffusion_cfg=exp.diffusion,
       schedule=exp.diffusion.schedule(exp.data.resolution), optim_cfg=exp.optim,
-      train_cfg=exp.train)
+      train_cfg=exp.train, cascade_cfg=exp.cascade)
   sampling = generation.SamplingModel(exp, graphdef, rest, state["ema"], mesh, int(state["step"]))
   # resume_step: metrics.jsonl rows of steps after the checkpoint (logged, then replayed) are dropped.
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=int(state["step"]))

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from vdm_jax import superres
-from vdm_jax.config import ExperimentConfig, TrainConfig
+from vdm_jax.config import ExperimentConfig, TrainConfig, check_workdir_compatible
 from vdm_jax.denoiser import Conditioning, make_denoise_fn, null_cond
 from vdm_jax.generation import CascadeStage, check_chain
 from vdm_jax.generation.cascade import aug_levels_for
@@ -181,3 +181,14 @@ def test_the_cpu_cascade_configs_chain_and_mismatches_are_one_line_errors():
     aug_levels_for([base, tsr, ssr], [0.1, 0.2, 0.3])
   with pytest.raises(ValueError, match=r"in \[0, 1\]"):
     aug_levels_for([base, tsr], [1.5])
+
+
+def test_a_workdir_from_before_the_cascade_fields_stays_compatible():
+  """A checkpoint whose manifest has no model.lowres_channels (older runs) resumes as 0."""
+  exp = ExperimentConfig.from_config_dict(importlib.import_module("configs.default").get_config("tiny"))
+  saved = exp.to_dict()
+  del saved["model"]["lowres_channels"]
+  check_workdir_compatible({"config": saved}, exp, "runs/old")
+  sr = dataclasses.replace(exp, model=dataclasses.replace(exp.model, lowres_channels=3))
+  with pytest.raises(ValueError, match="model.lowres_channels: checkpoint 0 vs config 3"):
+    check_workdir_compatible({"config": saved}, sr, "runs/old")

@@ -379,9 +379,9 @@ def check_workdir_compatible(manifest: dict, exp: ExperimentConfig, workdir: str
   current = exp.to_dict()
   keys = [(section, key) for section in _COMPATIBLE_SECTIONS for key in current[section]]
   keys += [("data", key) for key in _COMPATIBLE_DATA_KEYS]
-  diffs = []
-  for section, key in keys:
-    old, new = saved.get(section, {}).get(key), current[section][key]
+  defaults, diffs = ExperimentConfig.from_config_dict({}).to_dict(), []
+  for section, key in keys:  # a key newer than the checkpoint counts as its default
+    old, new = saved.get(section, {}).get(key, defaults[section][key]), current[section][key]
     if _normalise(old) != _normalise(new):
       diffs.append(f"{section}.{key}: checkpoint {old!r} vs config {new!r}")
   if diffs:

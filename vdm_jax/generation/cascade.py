@@ -120,6 +120,8 @@ def plan_cascade(stages: Sequence[CascadeStage], num_samples: int, options: dict
     raise ValueError(f"{given} cannot be used with a cascade (each stage samples its own length)")
   options = {k: v for k, v in options.items() if k not in NOT_IN_CASCADE}
   all_opts, labels = [], options.pop("labels", None)
+  if labels is not None and not any(s.exp.model.num_classes for s in stages):
+    raise ValueError("labels were given but no stage of the cascade is class-conditional; drop --labels")
   for i, stage in enumerate(stages):
     opts = options_from(stage.exp, num_samples=num_samples, **_stage_options(stage, i, options, labels))
     plan(stage.exp, opts, jax.device_count())

@@ -10,6 +10,7 @@ Examples:
     --guidance_weight 1 [--guidance_weight_end 2.5]              classifier-free (rising over frames)
     --cond_frames 2 [--cond_video clip.mp4] --frame_method reconstruction --reconstruction_weight 9
     --num_frames 32 --overlap 4                                  autoregressive extension
+    --cascade runs/base,runs/tsr,runs/ssr [--cascade_aug_levels 0.1]   a cascade (no --workdir)
 Writes MP4 and GIF per sample, grids, a strip PNG, sample.npz (uint8 [N, T, H, W, C]) and
 protocol.json into --output_dir (default WORKDIR/samples/sample_<step>_<sampler><steps>_seed<seed>).
 """
@@ -23,7 +24,14 @@ from vdm_jax.parallel.distributed import DISTRIBUTED_FLAGS, initialize_from_flag
 from vdm_jax.runtime import setup_runtime
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The training run's --workdir (holds checkpoints/).")
+flags.DEFINE_string("workdir", None, "The training run's --workdir (holds checkpoints/); or --cascade.")
+flags.DEFINE_list("cascade", None, "Instead of --workdir: comma-separated workdirs of a cascade, the "
+                  "base run first, then each super-resolution stage (trained with a cascade "
+                  "section). Each stage is conditioned on the previous one's samples; writes the "
+                  "final samples into --output_dir and each earlier stage's into its stage<i>/.")
+flags.DEFINE_list("cascade_aug_levels", None, "Augmentation noise level in [0, 1] of each "
+                  "super-resolution stage's conditioning (one for all, or one per stage); default "
+                  "each stage's cascade.sample_aug_level.")
 flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 flags.DEFINE_string("output_dir", None, "Where to write; default under WORKDIR/samples/.")
 flags.DEFINE_bool("ema", True, "Sample with the EMA parameters (--noema: the raw parameters).")
@@ -60,15 +68,36 @@ flags.DEFINE_integer("progress_chunks", 8, "Jitted chunks of the step loop (a lo
 flags.DEFINE_integer("fps", None, "Frames per second of the video files; default the config's.")
 flags.DEFINE_bool("strict_checkpoints", False, "Stop with an error when the latest checkpoint is "
                   "damaged, instead of sampling from the newest intact one.")
-flags.mark_flags_as_required(["workdir"])
 # Flags passed through as generation.GenerateOptions fields of the same name.
 _OPTION_FLAGS = ("num_samples", "batch_size", "seed", "guidance_weight", "guidance_weight_end",
                  "labels", "cond_frames", "cond_video", "cond_split", "frame_method",
                  "reconstruction_weight", "num_frames", "overlap", "progress_chunks")
 
 
+def _sample_cascade(options: dict) -> str:
+  """--cascade: every stage's latest (intact) checkpoint, sampled in a chain."""
+  from vdm_jax.generation import sample_cascade
+  if FLAGS.step is not None:
+    raise ValueError("--step cannot be used with --cascade (each stage's latest checkpoint is used)")
+  levels = None
+  if FLAGS.cascade_aug_levels:
+    try:
+      levels = [float(v) for v in FLAGS.cascade_aug_levels]
+    except ValueError:
+      raise ValueError(f"--cascade_aug_levels={','.join(FLAGS.cascade_aug_levels)}: give numbers "
+                       "in [0, 1]") from None
+  output_dir, _ = sample_cascade(FLAGS.cascade, FLAGS.output_dir, aug_levels=levels,
+                                 use_ema=FLAGS.ema, fallback=not FLAGS.strict_checkpoints,
+                                 fps=FLAGS.fps, **options)
+  return output_dir
+
+
 def main(argv):
   del argv
+  if bool(FLAGS.workdir) == bool(FLAGS.cascade):
+    raise SystemExit("sample.py: pass --workdir (one run) or --cascade (a chain of runs), not both")
+  if FLAGS.cascade_aug_levels and not FLAGS.cascade:
+    raise SystemExit("sample.py: --cascade_aug_levels needs --cascade")
   setup_runtime()
   initialize_from_flags()
   from vdm_jax.generation import sample_and_save
@@ -77,9 +106,12 @@ def main(argv):
   if options["labels"] is not None:
     options["labels"] = [int(label) for label in options["labels"]]
   try:
-    output_dir, _ = sample_and_save(FLAGS.workdir, FLAGS.output_dir, fps=FLAGS.fps, step=FLAGS.step,
-                                    use_ema=FLAGS.ema, fallback=not FLAGS.strict_checkpoints,
-                                    **options)
+    if FLAGS.cascade:
+      output_dir = _sample_cascade(options)
+    else:
+      output_dir, _ = sample_and_save(FLAGS.workdir, FLAGS.output_dir, fps=FLAGS.fps,
+                                      step=FLAGS.step, use_ema=FLAGS.ema,
+                                      fallback=not FLAGS.strict_checkpoints, **options)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"sample.py: {e}") from e
   print(f"Samples: {output_dir}")

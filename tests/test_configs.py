@@ -23,8 +23,13 @@ PARAMS = {
     "ucf101": 1_165_696_003,
     "default_dit": 433_484,
     "ucf101_dit": 935_224_752,
+    "cascade_tsr": 340_115,
+    "cascade_ssr": 323_603,
 }
-CONFIGS = ("default", "moving_mnist", "bair", "ucf101", "default_dit", "ucf101_dit")
+CONFIGS = ("default", "moving_mnist", "bair", "ucf101", "default_dit", "ucf101_dit", "cascade_tsr",
+           "cascade_ssr")
+# configs/cascade_pod.py: one variant per stage; its docstring states these.
+POD_PARAMS = {"base": 603_215_107, "tsr": 457_969_923, "ssr": 292_435_971}
 
 
 def experiment(name: str, variant: str = "") -> ExperimentConfig:
@@ -63,6 +68,16 @@ def test_ucf101_and_bair_configs_are_the_published_architectures():
   bair = experiment("bair")
   assert (bair.train.cond_frames, bair.data.num_frames, bair.diffusion.prediction,
           bair.optim.weight_decay) == (1, 16, "v", 0.01)
+
+
+def test_the_pod_cascade_stages_have_their_stated_sizes_and_chain():
+  stages = {v: experiment("cascade_pod", v) for v in POD_PARAMS}
+  assert {v: count_params(e.model) for v, e in stages.items()} == POD_PARAMS
+  base, tsr, ssr = stages["base"], stages["tsr"], stages["ssr"]
+  assert base.data.num_frames * tsr.cascade.temporal_factor == tsr.data.num_frames == ssr.data.num_frames
+  assert base.data.frame_stride == tsr.data.frame_stride * tsr.cascade.temporal_factor
+  assert tsr.data.resolution * ssr.cascade.spatial_factor == ssr.data.resolution
+  assert (base.model.lowres_channels, tsr.model.lowres_channels, ssr.model.lowres_channels) == (0, 3, 3)
 
 
 def test_unknown_variant_is_an_error():
@@ -104,6 +119,12 @@ BAD_VALUES = {
     "dit_heads": ({"model": {"backbone": "dit", "hidden_size": 40}}, r"40 channels do not split into heads "
                   r"of head_dim=16; change head_dim or hidden_size"),
     "diffusion_p_std": ({"diffusion": {"p_std": 0.0}}, r"diffusion\.p_std=0\.0 .* > 0"),
+    "cascade_factor_0": ({"cascade": {"spatial_factor": 0}}, r"cascade\.spatial_factor=0 .* >= 1"),
+    "cascade_aug_range": ({"cascade": {"aug_level_min": 0.6}}, r"aug_level_min=0\.6 > aug_level_max"),
+    "cascade_no_lowres_channels": ({"cascade": {"temporal_factor": 2}},
+                                   r"set model\.lowres_channels=3 \(the data's channels\), got 0"),
+    "lowres_channels_without_factor": ({"model": {"lowres_channels": 3}},
+                                       r"model\.lowres_channels=3 needs a super-resolution stage"),
     "batch_over_dataset": ({"train": {"global_batch_size": 64}}, r"train\.global_batch_size=64 is "
                            r"larger than the 40 training examples .*at most 40"),
 }

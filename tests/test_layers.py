@@ -4,7 +4,7 @@ Every import counts, function-local ones too (AST walk). Layers, bottom-up (docs
 
     versions, runtime, integrity                       base: import nothing of the project
     diffusion, parallel, metrics                       pure math, sharding, metrics and files
-    data (-> metrics), model (-> parallel)
+    data (-> metrics), model (-> parallel), superres   superres: cascade degradation, augmentation
     config                                             the typed experiment config
     denoiser (model + diffusion), checkpoints (config) where model meets diffusion; the disk format
     generation                                         sampler, planning, running, writing
@@ -30,14 +30,15 @@ ALLOWED = {
     "metrics": {"runtime", "versions"},
     "data": {"metrics", "runtime"},
     "model": {"parallel"},
-    "config": {"data", "diffusion", "model", "parallel"},
+    "superres": set(),
+    "config": {"data", "diffusion", "model", "parallel", "superres"},
     "denoiser": {"diffusion", "model"},
     "integrity": set(),
     "checkpoints": {"config", "integrity", "versions"},
     "generation": {"checkpoints", "config", "data", "denoiser", "diffusion", "metrics", "model",
-                   "parallel", "versions"},
+                   "parallel", "superres", "versions"},
     "train": {"checkpoints", "config", "data", "denoiser", "diffusion", "generation", "metrics",
-              "model", "parallel", "runtime", "versions"},
+              "model", "parallel", "runtime", "superres", "versions"},
     "evaluation": {"data", "generation", "metrics", "versions"},
     "study": {"config", "evaluation", "versions"},
 }

@@ -1,7 +1,7 @@
 """The experiment config: typed sections, their validation, and workdir compatibility.
 
 A config file (configs/*.py) builds on `base_config()` and returns an ml_collections.ConfigDict
-with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample, distill;
+with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample, distill, cascade;
 `ExperimentConfig.from_config_dict` turns each into its frozen dataclass (each checks its value
 ranges), rejecting unknown keys with the nearest known one and the list of known ones (as does
 `check_overrides` for --config.<section>.<key> flags, before ml_collections parses them), and
@@ -29,6 +29,7 @@ from vdm_jax.model.build import count_params
 from vdm_jax.model.config import UNetConfig
 from vdm_jax.parallel.host import check_fits_in_memory
 from vdm_jax.parallel.sharding import num_batch_devices
+from vdm_jax.superres import CascadeConfig, check_cascade
 
 # Config sections that must match for a workdir's checkpoints to be resumed.
 _COMPATIBLE_SECTIONS = ("model", "diffusion")
@@ -163,7 +164,8 @@ class SampleConfig(SamplerConfig):
 
 SECTIONS = {"data": DataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
             "optim": OptimConfig, "train": TrainConfig, "mesh": MeshConfig,
-            "checkpoint": CheckpointConfig, "sample": SampleConfig, "distill": DistillConfig}
+            "checkpoint": CheckpointConfig, "sample": SampleConfig, "distill": DistillConfig,
+            "cascade": CascadeConfig}
 
 
 def unknown_names_message(where: str, unknown: Sequence[str], known: Sequence[str],
@@ -226,6 +228,7 @@ class ExperimentConfig:
   checkpoint: CheckpointConfig
   sample: SampleConfig
   distill: DistillConfig = DistillConfig()
+  cascade: CascadeConfig = CascadeConfig()
 
   @classmethod
   def from_config_dict(cls, config: Any) -> ExperimentConfig:
@@ -366,6 +369,8 @@ def validate_experiment(exp: ExperimentConfig, info: DatasetInfo, num_devices: i
     check_ranges("diffusion", exp.diffusion, {"min_snr_gamma": POSITIVE, "p_std": POSITIVE,
                                               "shift": FINITE, "shift_reference_size": AT_LEAST_0})
     _check_model_fits_data(exp, info)
+    check_cascade(exp.cascade, exp.model.lowres_channels, info.channels, exp.data.num_frames,
+                  exp.data.resolution, exp.data.image_frames)
     _check_batch_fits_data(exp, info)
     _check_host_memory(exp, info, num_devices, num_processes)
   except ConfigError:
@@ -380,9 +385,9 @@ def check_workdir_compatible(manifest: dict, exp: ExperimentConfig, workdir: str
   current = exp.to_dict()
   keys = [(section, key) for section in _COMPATIBLE_SECTIONS for key in current[section]]
   keys += [("data", key) for key in _COMPATIBLE_DATA_KEYS]
-  diffs = []
-  for section, key in keys:
-    old, new = saved.get(section, {}).get(key), current[section][key]
+  defaults, diffs = ExperimentConfig.from_config_dict({}).to_dict(), []
+  for section, key in keys:  # a key newer than the checkpoint counts as its default
+    old, new = saved.get(section, {}).get(key, defaults[section][key]), current[section][key]
     if _normalise(old) != _normalise(new):
       diffs.append(f"{section}.{key}: checkpoint {old!r} vs config {new!r}")
   if diffs:

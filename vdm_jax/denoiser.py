@@ -26,11 +26,17 @@ class Conditioning:
     cond_frames: [B, T, H, W, C] known frames (zero where unknown), for frame-conditioned models.
     cond_mask: float [B, T], 1 where a frame is known.
     image_mask: bool [B, T], True for independent image frames (joint image-video training).
+    lowres: [B, T, H, W, C] a cascade super-resolution stage's conditioning: the lower-resolution
+      (or lower frame rate) video upsampled to the output shape and noised (vdm_jax.superres).
+    aug_level: float [B], the augmentation noise level of `lowres`, in the model's normalised
+      noise-level units (0 = clean, 1 = pure noise).
   """
   labels: jax.Array | None = None
   cond_frames: jax.Array | None = None
   cond_mask: jax.Array | None = None
   image_mask: jax.Array | None = None
+  lowres: jax.Array | None = None
+  aug_level: jax.Array | None = None
 
 
 def make_denoise_fn(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, *,
@@ -50,15 +56,22 @@ def make_denoise_fn(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, 
     cond = Conditioning() if cond is None else cond
     if not isinstance(cond, Conditioning):
       raise TypeError(f"cond must be a vdm_jax.denoiser.Conditioning, got {type(cond).__name__}")
+    # The super-resolution inputs only when present: a backbone without them serves other models.
+    sr = {} if cond.lowres is None and cond.aug_level is None else dict(
+        lowres=cond.lowres, aug_level=cond.aug_level)
     return model(z, noise_level_from_logsnr(logsnr), deterministic=deterministic,
                  labels=cond.labels, cond_frames=cond.cond_frames, cond_mask=cond.cond_mask,
-                 image_mask=cond.image_mask)
+                 image_mask=cond.image_mask, **sr)
 
   return denoise_fn
 
 
 def null_cond(cond: Conditioning, num_classes: int) -> Conditioning:
-  """The unconditional version of `cond` for classifier-free guidance: null class, no frames."""
+  """The unconditional version of `cond` for classifier-free guidance: null class, no frames.
+
+  A cascade stage's `lowres` and `aug_level` are kept: the super-resolution conditioning is never
+  dropped (guidance is over class and frames only).
+  """
   labels = None if cond.labels is None else jnp.full_like(cond.labels, num_classes)
   if cond.cond_mask is None:
     return cond.replace(labels=labels)

@@ -221,3 +221,19 @@ def test_train_script_trains_a_dit_and_generation_samples_it_on_another_device_c
   assert videos.shape == (2, MICRO_DATA["num_frames"], MICRO_DATA["resolution"],
                           MICRO_DATA["resolution"], 3)
   assert np.isfinite(videos).all() and protocol["checkpoint_step"] == 2
+
+
+def test_a_dit_can_be_a_cascade_stage():
+  """lowres channels and the augmentation level reach the output (the shared inputs.py path)."""
+  cfg = dataclasses.replace(TINY, lowres_channels=3)
+  graphdef, state = random_state(cfg)
+  model = nnx.merge(graphdef, state)
+  z, noise = inputs()
+  lowres = jax.random.normal(jax.random.key(5), z.shape)
+  level = jnp.full((B,), 0.2)
+  out = np.asarray(model(z, noise, lowres=lowres, aug_level=level))
+  assert out.shape == z.shape
+  assert np.abs(out - np.asarray(model(z, noise, lowres=lowres * 0.5, aug_level=level))).max() > 1e-4
+  assert np.abs(out - np.asarray(model(z, noise, lowres=lowres, aug_level=level + 0.5))).max() > 1e-4
+  with pytest.raises(ValueError, match="lowres"):
+    model(z, noise)

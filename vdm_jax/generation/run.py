@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from vdm_jax import checkpoints, diffusion
 from vdm_jax.config import ExperimentConfig
 from vdm_jax.denoiser import Conditioning, frame_condition
+from vdm_jax.generation.lowres import stage_input
 from vdm_jax.generation.plan import (
   GenerateOptions,
   Plan,
@@ -145,13 +146,19 @@ class _BlockSampler:
     self.chunk = -(-p.sampler_config.num_steps // opts.progress_chunks)
 
   def __call__(self, params: nnx.State, rng: jax.Array, first: int, x_known: np.ndarray,
-               mask: np.ndarray, labels: np.ndarray | None, tag: str) -> jax.Array:
+               mask: np.ndarray, labels: np.ndarray | None, tag: str,
+               lowres: tuple[np.ndarray, float] | None = None) -> jax.Array:
     """x [B, T, H, W, C] in [-1, 1] for samples first .. first + B - 1; known frames (mask [B, T]
-    = 1) equal x_known. A sample's initial noise depends on the seed and its index only."""
+    = 1) equal x_known; lowres: a cascade stage's (noised conditioning [B, T, H, W, C], level).
+    A sample's initial noise depends on the seed and its index only."""
     x_known_g, mask_g = _global(x_known, self.sharding), _global(mask, self.sharding)
     cond = frame_condition(x_known_g, mask_g) if self.exp.model.cond_channels else Conditioning()
     if labels is not None:
       cond = cond.replace(labels=_global(labels, self.sharding))
+    if lowres is not None:
+      level = np.full((len(lowres[0]),), lowres[1], np.float32)
+      cond = cond.replace(lowres=_global(lowres[0], self.sharding),
+                          aug_level=_global(level, self.sharding))
     rng_noise, rng_loop = jax.random.split(rng)
     z = self.noise_fn(rng_noise, np.int32(first), self.batch_shape)
     z = diffusion.initial_carry(z, self.sampler_config)  # (z, x_prev) for a multistep sampler
@@ -174,7 +181,8 @@ class _BlockSampler:
 
 
 def _sample_batch(sampler: _BlockSampler, p: Plan, params: nnx.State, rng: jax.Array, first: int,
-                  known: np.ndarray | None, labels: np.ndarray | None, tag: str) -> np.ndarray:
+                  known: np.ndarray | None, labels: np.ndarray | None, tag: str,
+                  lowres: tuple[np.ndarray, float] | None = None) -> np.ndarray:
   """One batch of full-length videos [B, total, H, W, C]: the first block, then extensions."""
   x_known = np.zeros((p.batch_size,) + p.shape, np.float32)
   mask = np.zeros((p.batch_size, p.train_frames), np.float32)
@@ -186,13 +194,18 @@ def _sample_batch(sampler: _BlockSampler, p: Plan, params: nnx.State, rng: jax.A
       x_known, mask = np.zeros_like(x_known), np.zeros_like(mask)
       x_known[:, :p.overlap], mask[:, :p.overlap] = video[:, -p.overlap:], 1.0
     new = _host(sampler(params, jax.random.fold_in(rng, block), first, x_known, mask, labels,
-                        f"{tag} block {block + 1}/{p.num_blocks}"))
+                        f"{tag} block {block + 1}/{p.num_blocks}", lowres))
     video = new if video is None else np.concatenate([video, new[:, p.overlap:]], axis=1)
   return video[:, :p.total_frames]
 
 
-def generate(model: SamplingModel, opts: GenerateOptions) -> tuple[np.ndarray, dict[str, Any]]:
+def generate(model: SamplingModel, opts: GenerateOptions, lowres: np.ndarray | None = None,
+             aug_level: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
   """Samples `opts.num_samples` videos from a model.
+
+  A cascade super-resolution stage is conditioned on `lowres` [N, T, H, W, C] (the previous
+  stage's output upsampled to its shape; None: degraded eval clips) noised at `aug_level` (None:
+  the config's cascade.sample_aug_level); see generation.lowres.
 
   Returns:
     videos: float32 [N, num_frames, H, W, C] in [-1, 1] (on every process).
@@ -203,6 +216,9 @@ def generate(model: SamplingModel, opts: GenerateOptions) -> tuple[np.ndarray, d
   exp = model.exp
   p = plan(exp, opts, num_batch_devices(model.mesh.shape))
   known, data_labels, ground_truth = conditioning_clips(exp, opts, p)
+  sr = stage_input(exp, opts, p, lowres, aug_level)
+  if sr is not None and sr.ground_truth is not None:
+    data_labels, ground_truth = sr.labels, sr.ground_truth
   labels = labels_for(exp, opts, data_labels)
   # What the compiled sampler's trace depends on (not the seed, sample count or video length).
   key = (p.sampler_config, p.guidance_weight, p.shape, p.batch_size, p.frame_method,
@@ -217,11 +233,14 @@ def generate(model: SamplingModel, opts: GenerateOptions) -> tuple[np.ndarray, d
     rows = slice(i * p.batch_size, min((i + 1) * p.batch_size, opts.num_samples))
     batch_known = None if known is None else _pad(known[rows], p.batch_size)
     batch_labels = None if labels is None else _pad(labels[rows], p.batch_size)
+    batch_lowres = None if sr is None else (_pad(sr.lowres[rows], p.batch_size), sr.aug_level)
     video = _sample_batch(sampler, p, model.params, rng, rows.start, batch_known, batch_labels,
-                          f"batch {i + 1}/{p.num_batches}")
+                          f"batch {i + 1}/{p.num_batches}", batch_lowres)
     batches.append(video[:rows.stop - rows.start])
   videos = np.concatenate(batches)
   protocol = _protocol(model, opts, p, labels, time.perf_counter() - t0, sampler.compilations)
+  if sr is not None:
+    protocol.update(aug_level=sr.aug_level, lowres_source=sr.source)
   if ground_truth is not None:
     protocol["ground_truth"] = ground_truth
   return videos, protocol

@@ -76,6 +76,9 @@ class ModelConfig:
       any clip length or frame size) or "learned" (additive axial tables over time, rows and
       columns, sized by max_frames and image_size). The U-Net's relative_position is not used.
     max_frames: DiT with learned positions: the longest clip (frames) the time table covers.
+    lowres_channels: channels of a super-resolution stage's conditioning video (the previous
+      stage's output upsampled to this stage's shape, concatenated as channels; its augmentation
+      level is embedded like the noise level); 0 = not a cascade stage (vdm_jax.superres).
   """
 
   in_channels: int = 3
@@ -113,6 +116,8 @@ class ModelConfig:
   dit_attention: str = "factorised"
   position: str = "rope"
   max_frames: int = 32
+  # Cascade super-resolution stage (vdm_jax.superres).
+  lowres_channels: int = 0
 
   def __post_init__(self):
     for name in ("channel_mult", "attention_resolutions", "temporal_downsample"):
@@ -175,6 +180,9 @@ class ModelConfig:
                           "relative_buckets", "norm_groups"))
     if not self.channel_mult or min(self.channel_mult) < 1:
       raise ValueError(f"ModelConfig.channel_mult={self.channel_mult} needs >= 1 positive entries.")
+      raise ValueError("UNetConfig.num_classes, cond_channels, attention_chunk_size must be >= 0.")
+    if self.lowres_channels < 0:
+      raise ValueError(f"ModelConfig.lowres_channels={self.lowres_channels} must be >= 0.")
     bad = [lv for lv in self.temporal_downsample if not 0 <= lv < self.num_levels - 1]
     if bad:
       raise ValueError(

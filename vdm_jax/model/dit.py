@@ -198,7 +198,8 @@ class DiT(nnx.Module):
 
   def __call__(self, z: jax.Array, noise_level: jax.Array, *, labels: jax.Array | None = None,
                cond_frames: jax.Array | None = None, cond_mask: jax.Array | None = None,
-               image_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               image_mask: jax.Array | None = None, lowres: jax.Array | None = None,
+               aug_level: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
     """Predicts v (or eps / x, see config.prediction) for a noisy video; arguments as `UNet`'s.
 
     Args:
@@ -211,15 +212,17 @@ class DiT(nnx.Module):
       image_mask: bool [B, T]; True = independent image frame (no temporal mixing). With
         temporal_patch_size > 1 it must be all False (a concrete mask with an image frame raises;
         a traced one is ignored, and the config check refuses data.image_frames > 0).
+      lowres: [B, T, H, W, lowres_channels], aug_level: [B]: a cascade stage's upsampled, noised
+        conditioning video and its augmentation level. Required iff lowres_channels > 0.
       deterministic: False enables dropout (draws from the 'dropout' rng stream).
     Returns:
       [B, T, H, W, out_channels] float32.
     """
     cfg = self.config
-    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask)
+    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask, lowres, aug_level)
     frame_mask = self._frame_mask(image_mask)
-    emb = self.embed(noise_level, labels)  # [B, E] float32
-    x = assemble_inputs(cfg, z, cond_frames, cond_mask)
+    emb = self.embed(noise_level, labels, aug_level)  # [B, E] float32
+    x = assemble_inputs(cfg, z, cond_frames, cond_mask, lowres)
     pt, p = cfg.temporal_patch_size, cfg.patch_size
     h = self.patch_embed(patchify(x, pt, p)).astype(jnp.float32)  # [B, Nt, Nh, Nw, D]
     h = constrain(h + self._positions(*h.shape[1:4]), TOKEN_AXES)

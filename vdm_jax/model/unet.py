@@ -132,7 +132,8 @@ class UNet(nnx.Module):
 
   def __call__(self, z: jax.Array, noise_level: jax.Array, *, labels: jax.Array | None = None,
                cond_frames: jax.Array | None = None, cond_mask: jax.Array | None = None,
-               image_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               image_mask: jax.Array | None = None, lowres: jax.Array | None = None,
+               aug_level: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
     """Predicts v (or eps / x, see config.prediction) for a noisy video.
 
     Args:
@@ -143,14 +144,16 @@ class UNet(nnx.Module):
       cond_frames: [B, T, H, W, cond_channels]; cond_mask: [B, T] float (1 = frame given).
         Required iff cond_channels > 0.
       image_mask: bool [B, T]; True = independent image frame (identity temporal attention).
+      lowres: [B, T, H, W, lowres_channels], a cascade stage's (noised) conditioning video;
+        aug_level: [B] float, its augmentation noise level. Required iff lowres_channels > 0.
       deterministic: False enables dropout (draws from the 'dropout' rng stream).
     Returns:
       [B, T, H, W, out_channels] float32.
     """
     cfg = self.config
-    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask)
-    emb = self.embed(noise_level, labels)
-    x = assemble_inputs(cfg, z, cond_frames, cond_mask)
+    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask, lowres, aug_level)
+    emb = self.embed(noise_level, labels, aug_level)
+    x = assemble_inputs(cfg, z, cond_frames, cond_mask, lowres)
     h = constrain(_frames(self.conv_in, x.astype(jnp.dtype(cfg.dtype))), ACT_AXES)
     hs = [h]
     for block in self.down:

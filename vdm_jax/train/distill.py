@@ -97,7 +97,7 @@ def make_distill_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.Gradien
 
   def loss_fn(params, micro, rng, teacher_params):
     k_cond, k_drop, k_loss = jax.random.split(rng, 3)
-    cond, frame_mask = training_condition(micro, k_cond, model_cfg, exp.train)
+    cond, frame_mask = training_condition(micro, k_cond, model_cfg, exp.train, exp.cascade)
     student = make_denoise_fn(graphdef, params, rest, deterministic=model_cfg.dropout == 0,
                               dropout_rng=k_drop)
     teacher = make_denoise_fn(graphdef, teacher_params, rest)

@@ -154,7 +154,8 @@ def _train_step(exp: ExperimentConfig, graphdef: Any, rest: Any, tx: Any, state:
   if exp.distill.enabled:
     return distill.prepare(exp, graphdef, rest, tx, lr, schedule, state, resumed)
   step_fn = make_train_step(graphdef, rest, tx, lr, model_cfg=exp.model, diffusion_cfg=exp.diffusion,
-                            schedule=schedule, optim_cfg=exp.optim, train_cfg=exp.train)
+                            schedule=schedule, optim_cfg=exp.optim, train_cfg=exp.train,
+                            cascade_cfg=exp.cascade)
   return state, step_fn, (), None
 
 

@@ -14,13 +14,20 @@ from vdm_jax.config import OptimConfig, TrainConfig
 from vdm_jax.denoiser import Conditioning, frame_condition, make_denoise_fn
 from vdm_jax.diffusion import CosineSchedule, DiffusionConfig, diffusion_loss
 from vdm_jax.model import UNetConfig
+from vdm_jax.superres import CascadeConfig, training_lowres
 from vdm_jax.train.optimizer import ema_decay_at, ema_update
 from vdm_jax.train.state import TrainState
 
 
-def training_condition(batch: dict, rng: jax.Array, model_cfg: UNetConfig,
-                       train_cfg: TrainConfig) -> tuple[Conditioning, jax.Array | None]:
+def training_condition(batch: dict, rng: jax.Array, model_cfg: UNetConfig, train_cfg: TrainConfig,
+                       cascade_cfg: CascadeConfig | None = None
+                       ) -> tuple[Conditioning, jax.Array | None]:
   """The model's conditioning for a batch, with dropout for classifier-free guidance.
+
+  A cascade super-resolution stage (model.lowres_channels > 0) is conditioned on its own clip
+  degraded and upsampled back (superres.lowres_of), noised at a level drawn per example
+  (noise-conditioning augmentation: the conditioning only; the clip to denoise is untouched). The
+  lowres conditioning is never dropped.
 
   Returns:
     the Conditioning and the loss frame mask [B, T] (None = every frame counts).
@@ -36,6 +43,11 @@ def training_condition(batch: dict, rng: jax.Array, model_cfg: UNetConfig,
     frame_mask = 1.0 - (known & keep).astype(jnp.float32)
   if "image_mask" in batch:
     cond = cond.replace(image_mask=batch["image_mask"])
+  if model_cfg.lowres_channels:  # its own key: the other models' streams stay as they were
+    if cascade_cfg is None or not cascade_cfg.is_stage:
+      raise ValueError("model.lowres_channels > 0 needs a cascade section with a factor > 1")
+    lowres, aug_level = training_lowres(video, jax.random.fold_in(rng, 2), cascade_cfg)
+    cond = cond.replace(lowres=lowres, aug_level=aug_level)
   if model_cfg.num_classes:
     drop = jax.random.bernoulli(k_cls, train_cfg.class_dropout, (b,))
     labels = jnp.where(drop, model_cfg.num_classes, batch["label"]).astype(jnp.int32)
@@ -68,7 +80,8 @@ def accumulate_grads(grad_fn: Callable, params: Any, batch: dict, rng: jax.Array
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, *, model_cfg: UNetConfig,
                     diffusion_cfg: DiffusionConfig, schedule: CosineSchedule,
-                    optim_cfg: OptimConfig, train_cfg: TrainConfig
+                    optim_cfg: OptimConfig, train_cfg: TrainConfig,
+                    cascade_cfg: CascadeConfig | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """train_step(state, batch) -> (state, metrics); pure, for jax.jit with donated state.
 
@@ -80,7 +93,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
 
   def loss_fn(params, micro, rng):
     k_cond, k_drop, k_loss = jax.random.split(rng, 3)
-    cond, frame_mask = training_condition(micro, k_cond, model_cfg, train_cfg)
+    cond, frame_mask = training_condition(micro, k_cond, model_cfg, train_cfg, cascade_cfg)
     denoise_fn = make_denoise_fn(graphdef, params, rest, deterministic=model_cfg.dropout == 0,
                                  dropout_rng=k_drop)
     loss, aux = diffusion_loss(denoise_fn, micro["video"], k_loss, cond, schedule=schedule,

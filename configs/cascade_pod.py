@@ -1,9 +1,9 @@
 """A pod-size cascade on UCF-101 (Imagen Video / VDM style): the shape, one config per stage.
 
-    python train.py --config configs/cascade_pod.py:base --workdir gs://.../base   8 x 32 x 32
-    python train.py --config configs/cascade_pod.py:tsr --workdir gs://.../tsr     16 x 32 x 32
-    python train.py --config configs/cascade_pod.py:ssr --workdir gs://.../ssr     16 x 128 x 128
-    python sample.py --cascade gs://.../base,gs://.../tsr,gs://.../ssr
+    python train.py --config configs/cascade_pod.py:base --workdir /mnt/bucket/base   8 x 32 x 32
+    python train.py --config configs/cascade_pod.py:tsr --workdir /mnt/bucket/tsr     16 x 32 x 32
+    python train.py --config configs/cascade_pod.py:ssr --workdir /mnt/bucket/ssr     16 x 128 x 128
+    python sample.py --cascade /mnt/bucket/base,/mnt/bucket/tsr,/mnt/bucket/ssr
 
 Class-conditional throughout (labels pass from stage to stage; 10% null class for classifier-free
 guidance). The base samples 8 frames at stride 4 (data.frame_stride=4), the TSR stage doubles the

@@ -15,6 +15,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "block")
 CONV_IMPL = ("lax", "im2col")
 PREDICTION = ("v", "eps", "x")
+# Attention kernels: the project's einsum reference, jax.nn.dot_product_attention's XLA or cuDNN flash
+# implementation, or "auto" (cuDNN on GPU with a 16-bit dtype, XLA elsewhere).
+ATTENTION_IMPL = ("reference", "xla", "cudnn", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,9 @@ class UNetConfig:
       fast on one device and 1.5x faster with one device per core (benchmarks/RESULTS.md).
     attention_chunk_size: query chunk of spatial attention (0 = no chunking).
     prediction: what the output is ("v", "eps" or "x"); informational for callers.
+    attention_impl: "reference" (einsum, softmax in float32), "xla" or "cudnn"
+      (jax.nn.dot_product_attention's implementations) or "auto" (cudnn on GPU with a 16-bit dtype,
+      else xla). The parameters are the same under every choice.
   """
 
   in_channels: int = 3
@@ -78,6 +84,7 @@ class UNetConfig:
   conv_impl: str = "lax"
   attention_chunk_size: int = 0
   prediction: str = "v"
+  attention_impl: str = "reference"
 
   def __post_init__(self):
     for name in ("channel_mult", "attention_resolutions", "temporal_downsample"):
@@ -107,7 +114,7 @@ class UNetConfig:
     enums = {
         "temporal_attention": TEMPORAL_ATTENTION, "relative_position": RELATIVE_POSITION,
         "param_dtype": DTYPES, "dtype": DTYPES, "remat": REMAT, "conv_impl": CONV_IMPL,
-        "prediction": PREDICTION,
+        "prediction": PREDICTION, "attention_impl": ATTENTION_IMPL,
     }
     for name, allowed in enums.items():
       if getattr(self, name) not in allowed:

@@ -14,14 +14,17 @@ Topologies: v4-N, v5p-N (N TensorCores, 2 per chip: v5p-8 = 4 chips), v5e-N, v6e
 libtpu name such as v5e:4x4, or cpu (this machine's devices, e.g. 8 forced CPU devices).
 TPU topologies need libtpu, an optional dependency: the version jax[tpu]==0.10.2 pins is
     pip install "libtpu==0.0.42.*"
-GPU targets: jax compiles for a GPU only through the CUDA PJRT plugin (jax-cuda12-plugin), and that
-plugin describes its devices by querying a GPU at start-up, so there is no GPU AOT on a machine
-without one (see benchmarks/RESULTS.md, "Ahead-of-time compiles").
+GPU targets (h100-N: N H100 80GB, 8 per host) need no GPU either, only the CUDA PJRT plugin, which
+describes compile-only devices from a target config (XLA's H100 spec, below) instead of a GPU:
+    pip install "jax-cuda12-plugin==0.10.2" "jax-cuda12-pjrt==0.10.2"   # no [with-cuda] libraries
+Keep it out of an environment that trains on CPU (jax then loads it at every start).
+XLA's GPU compiler has no cost model for compile-only devices: FLOPs are reported as 0 there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -33,9 +36,23 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LIBTPU_PIP = 'pip install "libtpu==0.0.42.*"'  # what jax[tpu]==0.10.2 requires (its METADATA)
+CUDA_PIP = 'pip install "jax-cuda12-plugin==0.10.2" "jax-cuda12-pjrt==0.10.2"'
 GIB = 2**30
 # HBM per JAX device (one chip; v4 and v5p run a chip's two TensorCores as one megacore device).
-HBM_BYTES = {"TPU v4": 32 * GIB, "TPU v5": 95 * GIB, "TPU v5 lite": 16 * GIB, "TPU v6 lite": 32 * GIB}
+HBM_BYTES = {"TPU v4": 32 * GIB, "TPU v5": 95 * GIB, "TPU v5 lite": 16 * GIB, "TPU v6 lite": 32 * GIB,
+             "NVIDIA H100 80GB HBM3": 84942979072}
+# XLA's GpuTargetConfigProto of an H100 SXM (xla/backends/gpu/target_config/specs/h100_sxm.txtpb, the
+# fields XLA 0.10.2 knows): what the CUDA plugin would otherwise read from a GPU.
+H100_TARGET_CONFIG = """gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84942979072 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA" dnn_version_info { major: 9 minor: 8 } device_description_str: "NVIDIA H100 80GB HBM3"
+"""
 # Chips -> ICI shape of a slice (as Cloud TPU lays them out).
 _SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
               256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16"}
@@ -47,7 +64,7 @@ _GENERATIONS = {"v4": ("v4", _SHAPES_3D, 2), "v5p": ("v5p", _SHAPES_3D, 2),
 
 
 class LibtpuMissing(RuntimeError):
-  """libtpu is not installed: TPU topologies cannot be described."""
+  """libtpu (or, for a GPU target, the CUDA PJRT plugin) is not installed: no devices to compile for."""
 
 
 def tpu_topology_name(name: str) -> str:
@@ -79,6 +96,8 @@ def topology_devices(name: str) -> list[Any]:
   import jax
   if name == "cpu":
     return jax.devices()
+  if name.startswith("h100-"):
+    return gpu_devices(int(name.partition("-")[2]))
   topology = tpu_topology_name(name)
   from jax.experimental import topologies
   # Compile-only use never touches a TPU: skip libtpu's one-process-per-machine lock file, so several
@@ -91,6 +110,26 @@ def topology_devices(name: str) -> list[Any]:
       raise LibtpuMissing(f"--topology={name} needs libtpu (an optional dependency): {LIBTPU_PIP}"
                           ) from e
     raise
+
+
+def gpu_devices(count: int) -> list[Any]:
+  """`count` compile-only H100s (8 per host), described by H100_TARGET_CONFIG; no GPU needed.
+
+  Raises:
+    LibtpuMissing: without the CUDA PJRT plugin (the message holds the pip command).
+  """
+  import importlib.util
+
+  from jax.experimental import topologies
+  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    raise LibtpuMissing(f"--topology=h100-{count} needs the CUDA PJRT plugin (no GPU): {CUDA_PIP}")
+  if count < 1 or (count > 8 and count % 8):
+    raise ValueError(f"--topology=h100-{count}: use 1 to 8 GPUs, or a multiple of 8 (8 per host)")
+  hosts, per_host = (count // 8, 8) if count > 8 else (1, count)
+  topology = topologies.get_topology_desc(platform="cuda", topology_name="",
+                                          topology=f"1x{hosts}x{per_host}",
+                                          target_config=H100_TARGET_CONFIG)
+  return list(topology.devices)
 
 
 def check_batch(exp: Any, mesh_shape: dict[str, int]) -> None:
@@ -201,6 +240,10 @@ def compile_report(exp: Any, devices: list[Any], topology: str = "cpu") -> dict[
   row["state_bytes_per_device"] = bytes_per_device(args[0])
   row.update(_memory(compiled, HBM_BYTES.get(devices[0].device_kind)))
   row.update(_cost(compiled, flops_lib.compiled_flops(compiled)))
+  # Every dot and conv of the global step (scan bodies times their length): a FLOP count where XLA
+  # has no cost model (GPU targets) or counts a loop body once.
+  row["matmul_flops_total"] = flops_lib.matmul_flops(jitted, *args)
+  row["matmul_tflop_total"] = round(row["matmul_flops_total"] / 1e12, 3)
   return row
 
 
@@ -267,6 +310,11 @@ def main(argv: list[str]) -> None:
     sys.exit(f"aot_compile.py: {e}")
   row["config"] = name
   row["versions"] = library_versions()
+  for dist in ("libtpu", "jax-cuda12-pjrt"):
+    try:
+      row["versions"][dist] = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+      pass
   print(json.dumps(row, indent=1))
   print(MARKDOWN_HEADER)
   print(markdown_row(name, row))
@@ -284,7 +332,7 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ucf101.py[:tiny].",
                                   lock_config=True)
   flags.DEFINE_string("topology", "cpu", "v5p-8, v5e-16, v4-32, v6e-8 ..., a libtpu name "
-                      "(v5e:4x4) or cpu (this machine's devices).")
+                      "(v5e:4x4), h100-8 (CUDA plugin) or cpu (this machine's devices).")
   flags.DEFINE_string("json", "", "Append the report as one JSON line to this file.")
   flags.DEFINE_string("markdown", "", "Append the report as one markdown table row to this file.")
   flags.mark_flags_as_required(["config"])

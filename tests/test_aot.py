@@ -14,6 +14,7 @@ from vdm_jax.config import ExperimentConfig
 from vdm_jax.model import count_params
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
 
 
 def micro_experiment(**mesh):
@@ -33,6 +34,7 @@ def _check_sane(row, exp, num_devices):
   assert row["total_bytes"] > row["params_bytes"] / num_devices
   assert row["temp_gib"] > 0 and row["flops_per_device"] > 0 and row["gb_accessed_per_device"] > 0
   assert row["flops_total"] == pytest.approx(row["flops_per_device"] * num_devices)
+  assert row["matmul_flops_total"] > 0
   assert row["compile_s"] >= 0 and row["lower_s"] >= 0
 
 
@@ -87,3 +89,14 @@ def test_tpu_topology_compile_on_this_machine():
   _check_sane(row, exp, 4)
   assert row["hbm_gib"] == 16 and row["fits"] is True
   assert jax.default_backend() == "cpu"  # the TPU was only a compile target
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="the CUDA PJRT plugin is not installed (optional: "
+                    + aot_compile.CUDA_PIP + ")")
+def test_gpu_target_compile_without_a_gpu():
+  devices = aot_compile.topology_devices("h100-2")
+  assert len(devices) == 2 and devices[0].device_kind == "NVIDIA H100 80GB HBM3"
+  exp = micro_experiment(data=2, fsdp=1)
+  row = aot_compile.compile_report(exp, devices, "h100-2")
+  assert row["fits"] is True and row["temp_bytes"] > 0 and row["matmul_flops_total"] > 0

@@ -112,16 +112,23 @@ def topology_devices(name: str) -> list[Any]:
     raise
 
 
+def has_cuda_plugin() -> bool:
+  """Whether jax's CUDA PJRT plugin (jax-cuda12-plugin) is installed."""
+  import importlib.util
+  try:
+    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+  except ModuleNotFoundError:  # no jax_plugins namespace at all
+    return False
+
+
 def gpu_devices(count: int) -> list[Any]:
   """`count` compile-only H100s (8 per host), described by H100_TARGET_CONFIG; no GPU needed.
 
   Raises:
     LibtpuMissing: without the CUDA PJRT plugin (the message holds the pip command).
   """
-  import importlib.util
-
   from jax.experimental import topologies
-  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+  if not has_cuda_plugin():
     raise LibtpuMissing(f"--topology=h100-{count} needs the CUDA PJRT plugin (no GPU): {CUDA_PIP}")
   if count < 1 or (count > 8 and count % 8):
     raise ValueError(f"--topology=h100-{count}: use 1 to 8 GPUs, or a multiple of 8 (8 per host)")

@@ -14,7 +14,7 @@ from vdm_jax.config import ExperimentConfig
 from vdm_jax.model import count_params
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
-HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+HAS_CUDA_PLUGIN = aot_compile.has_cuda_plugin()
 
 
 def micro_experiment(**mesh):
@@ -36,6 +36,23 @@ def _check_sane(row, exp, num_devices):
   assert row["flops_total"] == pytest.approx(row["flops_per_device"] * num_devices)
   assert row["matmul_flops_total"] > 0
   assert row["compile_s"] >= 0 and row["lower_s"] >= 0
+
+
+def test_abstract_train_state_matches_the_created_one(devices):
+  """Same tree, shapes, dtypes and shardings as create_train_state's, without allocating it."""
+  from vdm_jax.parallel import make_mesh
+  from vdm_jax.train.optimizer import make_optimizer
+  from vdm_jax.train.state import abstract_train_state, create_train_state
+  exp = micro_experiment()
+  mesh, tx = make_mesh(4, 2, 1), make_optimizer(exp.optim, 10)
+  _, rest, abstract = abstract_train_state(exp.model, tx, mesh)
+  _, concrete_rest, state = create_train_state(exp.model, tx, mesh, seed=0)
+  describe = lambda x: (x.shape, x.dtype, x.sharding.spec)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state)
+  assert jax.tree.leaves(jax.tree.map(describe, abstract)) == jax.tree.leaves(jax.tree.map(describe, state))
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
+  assert [(x.shape, x.dtype) for x in jax.tree.leaves(rest)] == [
+      (x.shape, x.dtype) for x in jax.tree.leaves(concrete_rest)]
 
 
 def test_cpu_mesh_report_is_sane(devices):
@@ -75,6 +92,9 @@ def test_missing_libtpu_says_how_to_install(monkeypatch):
   monkeypatch.setattr(topologies, "get_topology_desc", no_tpu)
   with pytest.raises(aot_compile.LibtpuMissing, match=r"pip install \"libtpu==0.0.42"):
     aot_compile.topology_devices("v5e-4")
+  monkeypatch.setattr(aot_compile, "has_cuda_plugin", lambda: False)
+  with pytest.raises(aot_compile.LibtpuMissing, match="jax-cuda12-pjrt==0.10.2"):
+    aot_compile.topology_devices("h100-8")
 
 
 @pytest.mark.slow

@@ -8,6 +8,9 @@ Model: VDM's BAIR U-Net (128 channels, multipliers (1, 2, 3, 4), 3 res blocks, a
 v-prediction, the first frame given on extra input channels (frame conditioning), AdamW lr 2e-4,
 weight decay 0.01. VDM reports FVD 66.9 (1 -> 15 frames) for its model; reproducing that is a
 TPU-pod job. `:tiny` keeps the frame-conditioned pipeline at CPU size (tests use it with mock data).
+Compute in bfloat16 with float32 master weights and attention through jax.nn.dot_product_attention
+(cuDNN flash on GPU): the accelerator default; `:tiny` computes in float32. Check that a slice fits
+before renting it: python scripts/aot_compile.py --config configs/bair.py --topology v5p-8
 """
 
 import ml_collections
@@ -22,6 +25,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.update(in_channels=3, out_channels=3, base_channels=128, channel_mult=(1, 2, 3, 4),
                  num_res_blocks=3, attention_resolutions=(32, 16, 8), image_size=64, head_dim=64,
                  emb_dim=512, cond_channels=3, prediction="v")
+  c.model.update(dtype="bfloat16", param_dtype="float32", attention_impl="auto")  # accelerator default
   c.diffusion.update(prediction="v", weighting="v")
   c.optim.update(optimizer="adamw", learning_rate=2e-4, b2=0.99, weight_decay=0.01,
                  warmup_steps=1000, ema_decay=0.9999)
@@ -29,7 +33,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  log_every=100, sample_every=5000, checkpoint_every=2500)
   c.sample.update(num_samples=16, sampler="ancestral", num_steps=256, gamma=0.0)
   if variant == "tiny":
-    shrink_to_tiny(c)
+    shrink_to_tiny(c)  # float32 compute, the CPU default
+    c.model.attention_impl = "reference"
     c.train.cond_frames = 1
   elif variant:
     raise ValueError(f"configs/bair.py has variants '' and 'tiny', not {variant!r}")

@@ -9,6 +9,9 @@ for classifier-free guidance, Adam lr 3e-4 beta2 0.99, batch 128, EMA 0.9999. VD
 (set --config.diffusion.prediction=v --config.model.prediction=v for v, which this project
 recommends for video). VDM reports FID 295 / IS 57 (unconditional). `:tiny` keeps the
 class-conditional pipeline at CPU size.
+Compute in bfloat16 with float32 master weights and attention through jax.nn.dot_product_attention
+(cuDNN flash on GPU): the accelerator default; `:tiny` computes in float32. Check that a slice fits
+before renting it: python scripts/aot_compile.py --config configs/ucf101.py --topology v5p-8
 """
 
 import ml_collections
@@ -23,6 +26,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.update(in_channels=3, out_channels=3, base_channels=256, channel_mult=(1, 2, 4, 8),
                  num_res_blocks=2, attention_resolutions=(32, 16, 8), image_size=64, head_dim=64,
                  emb_dim=1024, dropout=0.1, num_classes=101, prediction="eps")
+  c.model.update(dtype="bfloat16", param_dtype="float32", attention_impl="auto")  # accelerator default
   c.diffusion.update(prediction="eps", weighting="eps")
   c.optim.update(learning_rate=3e-4, b2=0.99, warmup_steps=1000, ema_decay=0.9999)
   c.train.update(global_batch_size=128, num_steps=500_000, class_dropout=0.1, log_every=100,
@@ -30,7 +34,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.sample.update(num_samples=16, sampler="ancestral", num_steps=256, gamma=0.1,
                   guidance_weight=1.0)
   if variant == "tiny":
-    shrink_to_tiny(c)
+    shrink_to_tiny(c)  # float32 compute, the CPU default
+    c.model.attention_impl = "reference"
   elif variant:
     raise ValueError(f"configs/ucf101.py has variants '' and 'tiny', not {variant!r}")
   return c

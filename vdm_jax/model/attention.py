@@ -19,24 +19,32 @@ from vdm_jax.parallel.logical import constrain
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None,
-                          mask: jax.Array | None = None, chunk_size: int = 0) -> jax.Array:
+                          mask: jax.Array | None = None, chunk_size: int = 0,
+                          impl: str = "reference") -> jax.Array:
   """softmax(q k^T / sqrt(d) + bias) v, softmax in float32.
 
   Args:
     q, k, v: [N, L, heads, d] in the compute dtype.
-    bias: broadcastable to [N, heads, L, L] (float32), or None.
-    mask: bool broadcastable to [N, heads, L, L], True = may attend, or None.
+    bias: broadcastable to [N, heads, L, L] (float32), 4-D, or None.
+    mask: bool broadcastable to [N, heads, L, L], 4-D, True = may attend, or None.
     chunk_size: if > 0 and L > chunk_size (and no bias/mask), process queries in chunks to bound
       the [N, heads, L, L] temporary.
+    impl: "reference" (the einsums below), "xla" or "cudnn" (jax.nn.dot_product_attention's
+      implementations; cudnn is GPU-only, 16-bit) or "auto" (`resolve_attention_impl`).
   Returns:
     [N, L, heads, d] in q's dtype.
   """
+  impl = resolve_attention_impl(impl, q.dtype)
   length = q.shape[1]
   if chunk_size and length > chunk_size and length % chunk_size == 0 and bias is None and mask is None:
     qc = q.reshape(q.shape[0], length // chunk_size, chunk_size, *q.shape[2:])
     qc = jnp.moveaxis(qc, 1, 0)  # [chunks, N, chunk, heads, d]
-    out = jax.lax.map(lambda qi: dot_product_attention(qi, k, v), qc)
+    out = jax.lax.map(lambda qi: dot_product_attention(qi, k, v, impl=impl), qc)
     return jnp.moveaxis(out, 0, 1).reshape(q.shape)
+  if impl != "reference":
+    if impl == "cudnn" and bias is not None:
+      bias = bias.astype(q.dtype)  # cuDNN takes the bias in the inputs' dtype
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
   scale = 1.0 / math.sqrt(q.shape[-1])
   logits = jnp.einsum("nqhd,nkhd->nhqk", q * jnp.asarray(scale, q.dtype), k,
                       preferred_element_type=jnp.float32)
@@ -46,6 +54,15 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Ar
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("nhqk,nkhd->nqhd", weights, v)
+
+
+def resolve_attention_impl(impl: str, dtype: jnp.dtype) -> str:
+  """"auto" -> "cudnn" on a GPU backend with a 16-bit dtype (what cuDNN flash attention takes),
+  else "xla"; any other name is returned as it is."""
+  if impl != "auto":
+    return impl
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
 
 
 def t5_relative_buckets(relative_position: jax.Array, num_buckets: int, max_distance: int) -> jax.Array:
@@ -77,8 +94,8 @@ class _SelfAttention(nnx.Module):
   """GroupNorm -> qkv -> attention -> zero-initialised output projection; residual."""
 
   def __init__(self, channels: int, heads: int, groups: int, *, rngs: nnx.Rngs,
-               dtype: jnp.dtype, param_dtype: jnp.dtype):
-    self.heads = heads
+               dtype: jnp.dtype, param_dtype: jnp.dtype, attention_impl: str = "reference"):
+    self.heads, self.attention_impl = heads, attention_impl
     self.norm = GroupNorm(channels, groups, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.qkv = Dense(channels, 3 * channels, rngs=rngs, axes=("embed", "heads"),
                      dtype=dtype, param_dtype=param_dtype)
@@ -97,15 +114,17 @@ class SpatialAttention(_SelfAttention):
 
   def __init__(self, channels: int, heads: int, groups: int, *, rngs: nnx.Rngs,
                dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
-               chunk_size: int = 0):
-    super().__init__(channels, heads, groups, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+               chunk_size: int = 0, attention_impl: str = "reference"):
+    super().__init__(channels, heads, groups, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                     attention_impl=attention_impl)
     self.chunk_size = chunk_size
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, H, W, C]
     b, t, hh, ww, c = x.shape
     h = self.norm(x, reduce_axes=(2, 3)).reshape(b * t, hh * ww, c)  # [B*T, HW, C]
     q, k, v = self._qkv(h)
-    o = dot_product_attention(q, k, v, chunk_size=self.chunk_size).reshape(b * t, hh * ww, c)
+    o = dot_product_attention(q, k, v, chunk_size=self.chunk_size, impl=self.attention_impl)
+    o = o.reshape(b * t, hh * ww, c)
     return x + self.out(o).reshape(x.shape).astype(x.dtype)
 
 
@@ -114,8 +133,10 @@ class TemporalAttention(_SelfAttention):
 
   def __init__(self, channels: int, heads: int, groups: int, *, rngs: nnx.Rngs,
                relative_position: str = "t5", num_buckets: int = 32, max_distance: int = 32,
-               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32):
-    super().__init__(channels, heads, groups, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
+               attention_impl: str = "reference"):
+    super().__init__(channels, heads, groups, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                     attention_impl=attention_impl)
     self.relative_position, self.num_buckets, self.max_distance = (
         relative_position, num_buckets, max_distance)
     if relative_position == "t5":
@@ -143,7 +164,8 @@ class TemporalAttention(_SelfAttention):
     if image_mask is not None:
       mask = temporal_attention_mask(image_mask)  # [B, T, T]
       mask = jnp.broadcast_to(mask[:, None, None], (b, hh, ww, t, t)).reshape(b * hh * ww, 1, t, t)
-    o = dot_product_attention(q, k, v, bias=self._bias(t), mask=mask).reshape(b, hh, ww, t, c)
+    o = dot_product_attention(q, k, v, bias=self._bias(t), mask=mask, impl=self.attention_impl)
+    o = o.reshape(b, hh, ww, t, c)
     o = jnp.transpose(o, (0, 3, 1, 2, 4))  # [B, T, H, W, C]
     return x + self.out(o).astype(x.dtype)
 

@@ -21,6 +21,9 @@ PREDICTION = ("v", "eps", "x")
 BACKBONE = ("unet", "dit")
 DIT_ATTENTION = ("factorised", "full")
 POSITION = ("rope", "learned")
+# Attention kernels: the project's einsum reference, jax.nn.dot_product_attention's XLA or cuDNN flash
+# implementation, or "auto" (cuDNN on GPU with a 16-bit dtype, XLA elsewhere).
+ATTENTION_IMPL = ("reference", "xla", "cudnn", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,9 @@ class ModelConfig:
     lowres_channels: channels of a super-resolution stage's conditioning video (the previous
       stage's output upsampled to this stage's shape, concatenated as channels; its augmentation
       level is embedded like the noise level); 0 = not a cascade stage (vdm_jax.superres).
+    attention_impl: "reference" (einsum, softmax in float32), "xla" or "cudnn"
+      (jax.nn.dot_product_attention's implementations) or "auto" (cudnn on GPU with a 16-bit dtype,
+      else xla). The parameters are the same under every choice.
   """
 
   in_channels: int = 3
@@ -118,6 +124,7 @@ class ModelConfig:
   max_frames: int = 32
   # Cascade super-resolution stage (vdm_jax.superres).
   lowres_channels: int = 0
+  attention_impl: str = "reference"
 
   def __post_init__(self):
     for name in ("channel_mult", "attention_resolutions", "temporal_downsample"):
@@ -155,7 +162,7 @@ class ModelConfig:
         "backbone": BACKBONE, "temporal_attention": TEMPORAL_ATTENTION,
         "relative_position": RELATIVE_POSITION, "param_dtype": DTYPES, "dtype": DTYPES, "remat": REMAT,
         "conv_impl": CONV_IMPL, "prediction": PREDICTION, "dit_attention": DIT_ATTENTION,
-        "position": POSITION,
+        "position": POSITION, "attention_impl": ATTENTION_IMPL,
     }
     for name, allowed in enums.items():
       if getattr(self, name) not in allowed:

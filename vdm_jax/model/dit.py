@@ -89,6 +89,7 @@ class Attention(nnx.Module):
     self.mode, self.heads = mode, config.heads_for(d)
     self.rope = config.position == "rope"
     self.chunk_size = config.attention_chunk_size
+    self.attention_impl = config.attention_impl
     self.qkv = Dense(d, 3 * d, rngs=rngs, axes=("embed", "heads"), **kw)
     self.out = Dense(d, d, rngs=rngs, axes=("heads", "embed"), **kw)
 
@@ -103,7 +104,7 @@ class Attention(nnx.Module):
       q, k = rope_3d(q, grid), rope_3d(k, grid)
     q, k, v = (self._group(a, nt, nh * nw) for a in (q, k, v))
     o = dot_product_attention(q, k, v, mask=self._mask(frame_mask, nh * nw),
-                              chunk_size=self.chunk_size)
+                              chunk_size=self.chunk_size, impl=self.attention_impl)
     return self.out(self._ungroup(o, b, nt, nh, nw))
 
   def _group(self, a: jax.Array, nt: int, s: int) -> jax.Array:

@@ -179,7 +179,8 @@ class Stage(nnx.Module):
   def __init__(self, cin: int, cout: int, level: int, config: UNetConfig, *, rngs: nnx.Rngs,
                force_attention: bool = False, attention: bool = True):
     cfg = config
-    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+              attention_impl=cfg.attention_impl)
     self.remat = cfg.remat == "block"
     self.res = ResBlock(cin, cout, cfg, rngs=rngs)
     at_level = force_attention or (attention and _is_attention_level(cfg, level))

@@ -10,7 +10,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vdm_jax.model import UNetConfig, create_model, split_params
+from vdm_jax.model import UNetConfig, abstract_model, create_model, split_params
 
 # The train state is a plain dict pytree (what Orbax saves):
 #   step int32 [], rng uint32 [2] (key data), params / ema (nnx.State of Params), opt_state.
@@ -28,11 +28,7 @@ def create_train_state(model_config: UNetConfig, tx: optax.GradientTransformatio
   params, rest = split_params(model_state)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   replicated = NamedSharding(mesh, PartitionSpec())
-
-  # Optimizer moments are sharded like their parameters (FSDP shards them too); counters replicate.
-  opt_shardings = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), param_shardings,
-      transform_non_params=lambda _: replicated)
+  opt_shardings = _opt_state_shardings(tx, params, param_shardings, replicated)
   init_rest = jax.jit(lambda p: {"ema": jax.tree.map(jnp.copy, p), "opt_state": tx.init(p)},
                       out_shardings={"ema": param_shardings, "opt_state": opt_shardings})
   extra = init_rest(params)
@@ -43,6 +39,43 @@ def create_train_state(model_config: UNetConfig, tx: optax.GradientTransformatio
       "ema": extra["ema"],
       "opt_state": extra["opt_state"],
   }
+  return graphdef, rest, state
+
+
+def _opt_state_shardings(tx: optax.GradientTransformation, params: Any, param_shardings: Any,
+                         replicated: NamedSharding) -> Any:
+  """Optimizer moments are sharded like their parameters (FSDP shards them too); counters replicate."""
+  return optax.tree_map_params(
+      tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), param_shardings,
+      transform_non_params=lambda _: replicated)
+
+
+def abstract_train_state(model_config: UNetConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                         seed: int = 0) -> tuple[nnx.GraphDef, nnx.State, TrainState]:
+  """create_train_state's structure as jax.ShapeDtypeStructs carrying their shardings on `mesh`.
+
+  Nothing is allocated or compiled, so `mesh` may hold compile-only devices (a TPU topology from
+  jax.experimental.topologies): the state and `rest` are what jax.jit(...).lower() takes to compile
+  the train step ahead of time for hardware this machine does not have.
+
+  Returns:
+    graphdef; rest: the model's non-trainable variables (rng streams), abstract and replicated, to
+    pass to the step as an argument; state: the abstract TrainState.
+  """
+  graphdef, params, concrete_rest = abstract_model(model_config, mesh, seed)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  as_abstract = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  opt_state = jax.tree.map(as_abstract, jax.eval_shape(tx.init, params),
+                           _opt_state_shardings(tx, params, param_shardings, replicated))
+  state = {
+      "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+      "rng": as_abstract(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(seed))), replicated),
+      "params": params,
+      "ema": params,
+      "opt_state": opt_state,
+  }
+  rest = jax.tree.map(lambda x: as_abstract(x, replicated), concrete_rest)
   return graphdef, rest, state
 
 

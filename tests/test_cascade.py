@@ -13,17 +13,18 @@ import pytest
 from flax import nnx
 
 from vdm_jax import superres
-from vdm_jax.config import ExperimentConfig, TrainConfig, check_workdir_compatible
+from vdm_jax.config import ExperimentConfig, TrainConfig
 from vdm_jax.denoiser import Conditioning, make_denoise_fn, null_cond
 from vdm_jax.generation import CascadeStage, check_chain
 from vdm_jax.generation.cascade import aug_levels_for
 from vdm_jax.generation.lowres import stage_input
 from vdm_jax.generation.plan import GenerateOptions, plan
-from vdm_jax.model import UNetConfig
+from vdm_jax.model import ModelConfig
 from vdm_jax.model.inputs import input_channels
 from vdm_jax.model.unet import UNet
 from vdm_jax.superres import CascadeConfig
 from vdm_jax.train.step import training_condition
+from vdm_jax.train.workdir import check_workdir_compatible
 
 METHODS = [(s, t) for s in superres.SPATIAL_UPSAMPLE for t in superres.TEMPORAL_UPSAMPLE]
 
@@ -74,7 +75,7 @@ def test_augmentation_is_the_cosine_forward_process():
   np.testing.assert_allclose(half[1], x[1])
 
 
-SR_MODEL = UNetConfig(base_channels=8, channel_mult=(1,), attention_resolutions=(), head_dim=8,
+SR_MODEL = ModelConfig(base_channels=8, channel_mult=(1,), attention_resolutions=(), head_dim=8,
                       image_size=4, norm_groups=4, emb_mlp_layers=1, lowres_channels=3)
 TSR = CascadeConfig(temporal_factor=2, aug_level_min=0.2, aug_level_max=0.4)
 

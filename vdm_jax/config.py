@@ -1,4 +1,4 @@
-"""The experiment config: typed sections, their validation, and workdir compatibility.
+"""The experiment config: typed sections and their validation.
 
 A config file (configs/*.py) builds on `base_config()` and returns an ml_collections.ConfigDict
 with the sections data, model, diffusion, optim, train, mesh, checkpoint, sample, distill, cascade;
@@ -26,14 +26,10 @@ from vdm_jax.data.config import DataConfig, DatasetInfo
 from vdm_jax.diffusion import DiffusionConfig, SamplerConfig
 from vdm_jax.diffusion.distillation import DistillConfig
 from vdm_jax.model.build import count_params
-from vdm_jax.model.config import UNetConfig
+from vdm_jax.model.config import ModelConfig
 from vdm_jax.parallel.host import check_fits_in_memory
 from vdm_jax.parallel.sharding import num_batch_devices
 from vdm_jax.superres import CascadeConfig, check_cascade
-
-# Config sections that must match for a workdir's checkpoints to be resumed.
-_COMPATIBLE_SECTIONS = ("model", "diffusion")
-_COMPATIBLE_DATA_KEYS = ("name", "num_frames", "resolution", "image_frames")
 
 
 class ConfigError(ValueError):
@@ -162,7 +158,7 @@ class SampleConfig(SamplerConfig):
                             for f in dataclasses.fields(SamplerConfig)})
 
 
-SECTIONS = {"data": DataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
             "optim": OptimConfig, "train": TrainConfig, "mesh": MeshConfig,
             "checkpoint": CheckpointConfig, "sample": SampleConfig, "distill": DistillConfig,
             "cascade": CascadeConfig}
@@ -220,7 +216,7 @@ def check_overrides(args: Sequence[str], flag: str = "config") -> None:
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   data: DataConfig
-  model: UNetConfig
+  model: ModelConfig
   diffusion: DiffusionConfig
   optim: OptimConfig
   train: TrainConfig
@@ -377,24 +373,3 @@ def validate_experiment(exp: ExperimentConfig, info: DatasetInfo, num_devices: i
     raise
   except ValueError as err:
     raise ConfigError(str(err)) from err
-
-
-def check_workdir_compatible(manifest: dict, exp: ExperimentConfig, workdir: str) -> None:
-  """The checkpoints in workdir must come from the same model, diffusion and data shapes."""
-  saved = manifest.get("config", {})
-  current = exp.to_dict()
-  keys = [(section, key) for section in _COMPATIBLE_SECTIONS for key in current[section]]
-  keys += [("data", key) for key in _COMPATIBLE_DATA_KEYS]
-  defaults, diffs = ExperimentConfig.from_config_dict({}).to_dict(), []
-  for section, key in keys:  # a key newer than the checkpoint counts as its default
-    old, new = saved.get(section, {}).get(key, defaults[section][key]), current[section][key]
-    if _normalise(old) != _normalise(new):
-      diffs.append(f"{section}.{key}: checkpoint {old!r} vs config {new!r}")
-  if diffs:
-    raise ValueError(f"workdir {workdir} holds checkpoints of an incompatible config:\n  "
-                     + "\n  ".join(diffs)
-                     + "\nUse a new --workdir, or the config the checkpoints were trained with.")
-
-
-def _normalise(value: Any) -> Any:
-  return list(value) if isinstance(value, tuple) else value

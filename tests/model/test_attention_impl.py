@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vdm_jax.model import UNetConfig
+from vdm_jax.model import ModelConfig
 from vdm_jax.model import attention as attn
 
 N, L, HEADS, D = 3, 8, 2, 16
@@ -82,9 +82,9 @@ def test_auto_is_xla_off_gpu_and_config_rejects_unknown():
   assert jax.default_backend() == "cpu"
   assert attn.resolve_attention_impl("auto", jnp.bfloat16) == "xla"
   assert attn.resolve_attention_impl("cudnn", jnp.float32) == "cudnn"
-  assert UNetConfig(attention_impl="auto").attention_impl == "auto"
+  assert ModelConfig(attention_impl="auto").attention_impl == "auto"
   with pytest.raises(ValueError, match="attention_impl"):
-    UNetConfig(attention_impl="flash")
+    ModelConfig(attention_impl="flash")
 
 
 def test_temporal_attention_module_same_output_under_both_impls():

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vdm_jax.model import UNet, UNetConfig, count_params
+from vdm_jax.model import ModelConfig, UNet, count_params
 
 B, T, S = 2, 4, 16
-TINY = UNetConfig(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=S,
+TINY = ModelConfig(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=S,
                   head_dim=8, emb_dim=32, norm_groups=8)
 
 
-def make_model(config: UNetConfig, seed: int = 0, scale: float = 0.1) -> UNet:
+def make_model(config: ModelConfig, seed: int = 0, scale: float = 0.1) -> UNet:
   """A model with every parameter random (zero-init layers would hide bugs).
 
   Built from shapes (nnx.eval_shape) and filled with numpy noise: real initialisation compiles one
@@ -258,7 +258,7 @@ def test_input_errors():
 
 
 def test_config_from_lists():
-  cfg = UNetConfig(**{"channel_mult": [1, 2], "attention_resolutions": [8], "image_size": 16,
+  cfg = ModelConfig(**{"channel_mult": [1, 2], "attention_resolutions": [8], "image_size": 16,
                       "base_channels": 16, "head_dim": 8})
   assert cfg.channel_mult == (1, 2) and hash(cfg)
 

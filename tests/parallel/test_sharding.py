@@ -10,11 +10,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from vdm_jax.model import UNet, UNetConfig, create_model
+from vdm_jax.model import ModelConfig, UNet, create_model
 from vdm_jax.parallel import batch_sharding, host_to_global, logical_to_spec, make_mesh, state_shardings
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-CFG = UNetConfig(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
+CFG = ModelConfig(base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
                  head_dim=8, emb_dim=32, norm_groups=8, num_classes=3)
 
 

@@ -3,7 +3,7 @@
 import jax
 
 from vdm_jax.config import OptimConfig
-from vdm_jax.model import UNetConfig
+from vdm_jax.model import ModelConfig
 from vdm_jax.parallel import make_mesh
 from vdm_jax.train.optimizer import make_optimizer
 from vdm_jax.train.state import create_train_state
@@ -17,7 +17,7 @@ def _fraction_on_first_device(tree) -> float:
 
 
 def test_fsdp_shards_params_ema_and_optimizer_state(devices):
-  cfg = UNetConfig(base_channels=16, channel_mult=(1, 2), image_size=16, head_dim=16, norm_groups=8,
+  cfg = ModelConfig(base_channels=16, channel_mult=(1, 2), image_size=16, head_dim=16, norm_groups=8,
                    attention_resolutions=())
   tx = make_optimizer(OptimConfig(), 10)
   _, _, state = create_train_state(cfg, tx, make_mesh(data=1, fsdp=8), seed=0)

@@ -240,3 +240,15 @@ def test_a_second_train_py_on_the_same_workdir_exits_in_one_line(tmp_path, train
   last_line = second.stderr.strip().splitlines()[-1]
   assert last_line.startswith(f"train.py: workdir {workdir} is in use by pid {first.pid} on host ")
   assert last_line.endswith("stop that run or use another --workdir")
+
+
+def test_resume_allows_compute_only_model_changes_and_refuses_the_rest():
+  from vdm_jax.config import ExperimentConfig
+  from vdm_jax.train.workdir import check_workdir_compatible
+  saved = ExperimentConfig.from_config_dict({}).to_dict()
+  del saved["model"]["backbone"]  # a checkpoint older than a field compares as its default
+  for change in ({"attention_impl": "xla"}, {"attention_chunk_size": 64}):
+    check_workdir_compatible({"config": saved}, ExperimentConfig.from_config_dict({"model": change}), "w")
+  with pytest.raises(ValueError, match="model.base_channels: checkpoint 32 vs config 64"):
+    check_workdir_compatible({"config": saved},
+                             ExperimentConfig.from_config_dict({"model": {"base_channels": 64}}), "w")

@@ -187,7 +187,7 @@ class ModelConfig:
                           "relative_buckets", "norm_groups"))
     if not self.channel_mult or min(self.channel_mult) < 1:
       raise ValueError(f"ModelConfig.channel_mult={self.channel_mult} needs >= 1 positive entries.")
-      raise ValueError("UNetConfig.num_classes, cond_channels, attention_chunk_size must be >= 0.")
+      raise ValueError("ModelConfig.num_classes, cond_channels, attention_chunk_size must be >= 0.")
     if self.lowres_channels < 0:
       raise ValueError(f"ModelConfig.lowres_channels={self.lowres_channels} must be >= 0.")
     bad = [lv for lv in self.temporal_downsample if not 0 <= lv < self.num_levels - 1]
@@ -271,22 +271,22 @@ class ModelConfig:
 UNetConfig = ModelConfig  # the former name, kept while callers move to ModelConfig
 
 
-def vdm_ucf101_config(**overrides) -> UNetConfig:
+def vdm_ucf101_config(**overrides) -> ModelConfig:
   """VDM's UCF-101 16x64x64 model: 256 channels, (1,2,4,8), 2 blocks, attention 32/16/8."""
   base = dict(base_channels=256, channel_mult=(1, 2, 4, 8), num_res_blocks=2,
               attention_resolutions=(32, 16, 8), head_dim=64, emb_dim=1024, dropout=0.1, image_size=64,
               num_classes=101, prediction="eps")
-  return UNetConfig(**{**base, **overrides})
+  return ModelConfig(**{**base, **overrides})
 
 
-def vdm_bair_config(**overrides) -> UNetConfig:
+def vdm_bair_config(**overrides) -> ModelConfig:
   """VDM's BAIR model: 128 channels, (1,2,3,4), 3 blocks, v-prediction, 1 conditioning frame."""
   base = dict(base_channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
               attention_resolutions=(32, 16, 8), head_dim=64, emb_dim=512, cond_channels=3, image_size=64,
               prediction="v")
-  return UNetConfig(**{**base, **overrides})
+  return ModelConfig(**{**base, **overrides})
 
 
-def small_config(**overrides) -> UNetConfig:
-  """The CPU default (all UNetConfig defaults)."""
-  return UNetConfig(**overrides)
+def small_config(**overrides) -> ModelConfig:
+  """The CPU default (all ModelConfig defaults)."""
+  return ModelConfig(**overrides)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdm_jax.model.attention import SpatialAttention, TemporalAttention
-from vdm_jax.model.config import UNetConfig
+from vdm_jax.model.config import ModelConfig
 from vdm_jax.model.inputs import Embedding, assemble_inputs, check_inputs, input_channels
 from vdm_jax.model.layers import Conv2D, Dense, GroupNorm, call_block
 from vdm_jax.parallel.logical import constrain
@@ -32,7 +32,7 @@ def _frames(fn, x: jax.Array) -> jax.Array:
 class ResBlock(nnx.Module):
   """GroupNorm, SiLU, (1,3,3) conv, FiLM from the embedding, GroupNorm, SiLU, dropout, zero conv."""
 
-  def __init__(self, cin: int, cout: int, config: UNetConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, config: ModelConfig, *, rngs: nnx.Rngs):
     kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
     ckw = dict(kw, conv_impl=config.conv_impl)
     self.norm1 = GroupNorm(cin, config.norm_groups_for(cin), rngs=rngs, **kw)
@@ -58,7 +58,7 @@ class ResBlock(nnx.Module):
 class Downsample(nnx.Module):
   """Stride-2 (1,3,3) conv in space; optionally averages frame pairs (halves T, Lumiere-style)."""
 
-  def __init__(self, channels: int, config: UNetConfig, temporal: bool, *, rngs: nnx.Rngs):
+  def __init__(self, channels: int, config: ModelConfig, temporal: bool, *, rngs: nnx.Rngs):
     self.conv = Conv2D(channels, channels, rngs=rngs, stride=2, conv_impl=config.conv_impl,
                        dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
     self.temporal = temporal
@@ -74,7 +74,7 @@ class Downsample(nnx.Module):
 class Upsample(nnx.Module):
   """Nearest x2 in space (and optionally time), then a (1,3,3) conv."""
 
-  def __init__(self, channels: int, config: UNetConfig, temporal: bool, *, rngs: nnx.Rngs):
+  def __init__(self, channels: int, config: ModelConfig, temporal: bool, *, rngs: nnx.Rngs):
     self.conv = Conv2D(channels, channels, rngs=rngs, conv_impl=config.conv_impl,
                        dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
     self.temporal = temporal
@@ -89,7 +89,7 @@ class Upsample(nnx.Module):
 class UNet(nnx.Module):
   """The VDM space-time U-Net; returns the v (or eps / x) prediction [B, T, H, W, out] float32."""
 
-  def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     cfg = config
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
@@ -176,7 +176,7 @@ class UNet(nnx.Module):
 class Stage(nnx.Module):
   """One residual block, then (at attention levels) spatial and temporal attention."""
 
-  def __init__(self, cin: int, cout: int, level: int, config: UNetConfig, *, rngs: nnx.Rngs,
+  def __init__(self, cin: int, cout: int, level: int, config: ModelConfig, *, rngs: nnx.Rngs,
                force_attention: bool = False, attention: bool = True):
     cfg = config
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
@@ -204,6 +204,6 @@ class Stage(nnx.Module):
     return x
 
 
-def _is_attention_level(cfg: UNetConfig, level: int) -> bool:
+def _is_attention_level(cfg: ModelConfig, level: int) -> bool:
   """Level `level` runs at spatial size image_size / 2**level; attention where that size is listed."""
   return cfg.image_size // 2 ** level in cfg.attention_resolutions

@@ -24,11 +24,12 @@ import optax
 from flax import nnx
 
 from vdm_jax import checkpoints
-from vdm_jax.config import ConfigError, ExperimentConfig, check_workdir_compatible
+from vdm_jax.config import ConfigError, ExperimentConfig
 from vdm_jax.denoiser import make_denoise_fn
 from vdm_jax.diffusion import CosineSchedule, distillation_loss
 from vdm_jax.train.state import TrainState
 from vdm_jax.train.step import gradient_step, training_condition
+from vdm_jax.train.workdir import check_workdir_compatible
 
 
 @dataclasses.dataclass(frozen=True)

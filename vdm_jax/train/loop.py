@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from vdm_jax import checkpoints, data, generation
-from vdm_jax.config import ExperimentConfig, check_workdir_compatible, validate_experiment
+from vdm_jax.config import ExperimentConfig, validate_experiment
 from vdm_jax.metrics.writers import MetricWriter
 from vdm_jax.model import count_params
 from vdm_jax.parallel import batch_sharding, host_to_global, make_mesh
@@ -30,7 +30,7 @@ from vdm_jax.train import flops as flops_lib
 from vdm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from vdm_jax.train.state import create_train_state, state_shardings
 from vdm_jax.train.step import make_train_step
-from vdm_jax.train.workdir import WorkdirLock, save_error
+from vdm_jax.train.workdir import WorkdirLock, check_workdir_compatible, save_error
 
 
 class _Preemption:

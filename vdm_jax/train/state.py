@@ -10,14 +10,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vdm_jax.model import UNetConfig, abstract_model, create_model, split_params
+from vdm_jax.model import ModelConfig, abstract_model, create_model, split_params
 
 # The train state is a plain dict pytree (what Orbax saves):
 #   step int32 [], rng uint32 [2] (key data), params / ema (nnx.State of Params), opt_state.
 TrainState = dict[str, Any]
 
 
-def create_train_state(model_config: UNetConfig, tx: optax.GradientTransformation, mesh: Mesh,
+def create_train_state(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
                        seed: int) -> tuple[nnx.GraphDef, nnx.State, TrainState]:
   """Creates the model sharded over `mesh` (never whole on one device) and the state around it.
 
@@ -50,7 +50,7 @@ def _opt_state_shardings(tx: optax.GradientTransformation, params: Any, param_sh
       transform_non_params=lambda _: replicated)
 
 
-def abstract_train_state(model_config: UNetConfig, tx: optax.GradientTransformation, mesh: Mesh,
+def abstract_train_state(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
                          seed: int = 0) -> tuple[nnx.GraphDef, nnx.State, TrainState]:
   """create_train_state's structure as jax.ShapeDtypeStructs carrying their shardings on `mesh`.
 

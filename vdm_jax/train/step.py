@@ -13,13 +13,13 @@ from flax import nnx
 from vdm_jax.config import OptimConfig, TrainConfig
 from vdm_jax.denoiser import Conditioning, frame_condition, make_denoise_fn
 from vdm_jax.diffusion import CosineSchedule, DiffusionConfig, diffusion_loss
-from vdm_jax.model import UNetConfig
+from vdm_jax.model import ModelConfig
 from vdm_jax.superres import CascadeConfig, training_lowres
 from vdm_jax.train.optimizer import ema_decay_at, ema_update
 from vdm_jax.train.state import TrainState
 
 
-def training_condition(batch: dict, rng: jax.Array, model_cfg: UNetConfig, train_cfg: TrainConfig,
+def training_condition(batch: dict, rng: jax.Array, model_cfg: ModelConfig, train_cfg: TrainConfig,
                        cascade_cfg: CascadeConfig | None = None
                        ) -> tuple[Conditioning, jax.Array | None]:
   """The model's conditioning for a batch, with dropout for classifier-free guidance.
@@ -78,7 +78,7 @@ def accumulate_grads(grad_fn: Callable, params: Any, batch: dict, rng: jax.Array
 
 
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
-                    lr_schedule: optax.Schedule, *, model_cfg: UNetConfig,
+                    lr_schedule: optax.Schedule, *, model_cfg: ModelConfig,
                     diffusion_cfg: DiffusionConfig, schedule: CosineSchedule,
                     optim_cfg: OptimConfig, train_cfg: TrainConfig,
                     cascade_cfg: CascadeConfig | None = None

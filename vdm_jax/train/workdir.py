@@ -39,6 +39,7 @@ from typing import Any
 from absl import logging
 
 from vdm_jax import checkpoints
+from vdm_jax.config import ExperimentConfig
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 60.0  # how often a live run refreshes its lock's mtime
@@ -298,3 +299,35 @@ def save_error(error: BaseException, ckpt: checkpoints.Checkpointer, step: int,
             "resume from it" if latest is not None else "no earlier checkpoint was written")
   return CheckpointSaveError(f"saving checkpoint step {failed} in {ckpt.directory} failed: {text}; "
                              f"{intact}")
+
+
+# Config sections that must match for a workdir's checkpoints to be resumed (train and distill).
+_COMPATIBLE_SECTIONS = ("model", "diffusion")
+_COMPATIBLE_DATA_KEYS = ("name", "num_frames", "resolution", "image_frames")
+# Model fields that change how the same parameters are computed with, not what they are.
+_COMPUTE_ONLY = {("model", "attention_impl"), ("model", "attention_chunk_size")}
+
+
+def check_workdir_compatible(manifest: dict, exp: ExperimentConfig, workdir: str) -> None:
+  """ValueError unless workdir's checkpoints come from the same model, diffusion and data shapes.
+
+  Fields that change only how the same function is computed (_COMPUTE_ONLY) may differ.
+  """
+  saved = manifest.get("config", {})
+  current = exp.to_dict()
+  keys = [(section, key) for section in _COMPATIBLE_SECTIONS for key in current[section]
+          if (section, key) not in _COMPUTE_ONLY]
+  keys += [("data", key) for key in _COMPATIBLE_DATA_KEYS]
+  defaults, diffs = ExperimentConfig.from_config_dict({}).to_dict(), []
+  for section, key in keys:  # a key newer than the checkpoint counts as its default
+    old, new = saved.get(section, {}).get(key, defaults[section][key]), current[section][key]
+    if _normalise(old) != _normalise(new):
+      diffs.append(f"{section}.{key}: checkpoint {old!r} vs config {new!r}")
+  if diffs:
+    raise ValueError(f"workdir {workdir} holds checkpoints of an incompatible config:\n  "
+                     + "\n  ".join(diffs)
+                     + "\nUse a new --workdir, or the config the checkpoints were trained with.")
+
+
+def _normalise(value: Any) -> Any:
+  return list(value) if isinstance(value, tuple) else value

@@ -34,7 +34,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.sample.update(num_samples=16, sampler="ancestral", num_steps=256, gamma=0.0)
   if variant == "tiny":
     shrink_to_tiny(c)  # float32 compute, the CPU default
-    c.model.attention_impl = "reference"
     c.train.cond_frames = 1
   elif variant:
     raise ValueError(f"configs/bair.py has variants '' and 'tiny', not {variant!r}")

@@ -44,6 +44,7 @@ def get_config(variant: str = "base") -> ml_collections.ConfigDict:
                 frame_stride=stride, resolution=resolution, random_flip=True)
   c.model.update(in_channels=3, out_channels=3, image_size=resolution, head_dim=64, emb_dim=1024,
                  dropout=0.1, num_classes=101, prediction="v", dtype="bfloat16", remat="block",
+                 attention_impl="auto",
                  **model)
   c.cascade.update(aug_level_min=0.0, aug_level_max=0.5, sample_aug_level=0.1, **cascade)
   c.diffusion.update(prediction="v", weighting="v")

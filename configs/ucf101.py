@@ -35,7 +35,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                   guidance_weight=1.0)
   if variant == "tiny":
     shrink_to_tiny(c)  # float32 compute, the CPU default
-    c.model.attention_impl = "reference"
   elif variant:
     raise ValueError(f"configs/ucf101.py has variants '' and 'tiny', not {variant!r}")
   return c

@@ -9,7 +9,8 @@ Xie 2023; Latte, Ma et al. 2024): width 1152, 28 blocks, 16 heads of 72, MLP rat
 attention in every block, 3D rotary positions, adaLN-Zero on the noise level and class:
 935,224,752 parameters (count_params; tests/test_configs.py), against the U-Net's 1,165,696,003.
 Shard it like the U-Net: --config.mesh.fsdp=N (parameters) and --config.mesh.tensor=M (heads, MLP);
-model.remat=block and model.dtype=bfloat16 for memory and speed on accelerators. `:tiny` keeps the
+bfloat16 compute with float32 master weights, block remat and jax.nn attention (cuDNN on GPU) are its
+accelerator defaults; `:tiny` (float32, reference attention) keeps the
 class-conditional pipeline at CPU size.
 """
 
@@ -25,7 +26,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.update(backbone="dit", in_channels=3, out_channels=3, image_size=64, patch_size=4,
                  temporal_patch_size=1, hidden_size=1152, depth=28, head_dim=72, mlp_ratio=4.0,
                  dit_attention="factorised", position="rope", dropout=0.0, num_classes=101,
-                 prediction="eps")
+                 prediction="eps", dtype="bfloat16", param_dtype="float32", remat="block",
+                 attention_impl="auto")
   c.diffusion.update(prediction="eps", weighting="eps")
   c.optim.update(learning_rate=3e-4, b2=0.99, warmup_steps=1000, ema_decay=0.9999)
   c.train.update(global_batch_size=128, num_steps=500_000, class_dropout=0.1, log_every=100,

@@ -262,7 +262,8 @@ def shrink_to_tiny(config) -> None:
   config.data.update(num_frames=8, resolution=16, frame_stride=1)
   config.model.update(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8,
                       attention_resolutions=(8,), image_size=16, head_dim=16, num_heads=0, emb_dim=0,
-                      dropout=0.0, dtype="float32", remat="none", hidden_size=32, depth=2)
+                      dropout=0.0, dtype="float32", remat="none", hidden_size=32, depth=2,
+                      attention_impl="reference")
   config.train.update(global_batch_size=8, num_steps=6, log_every=2, sample_every=4,
                       checkpoint_every=3, progress_bar=False,
                       cond_frames=min(config.train.cond_frames, 2))

@@ -15,7 +15,7 @@ Variant `:tiny` is default.py's tiny size (8 frames of 16x16 from 8x8).
 
 import ml_collections
 
-from vdm_jax.config import base_config, shrink_to_tiny
+from vdm_jax.config import base_config, cpu_recipe, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -28,13 +28,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  temporal_attention="attention_levels", lowres_channels=3)
   c.cascade.update(spatial_factor=2, temporal_factor=1, spatial_upsample="bilinear",
                    aug_level_min=0.0, aug_level_max=0.5, sample_aug_level=0.1)
-  c.diffusion.update(prediction="v", weighting="v", logsnr_min=-20.0, logsnr_max=20.0,
-                     time_sampling="low_discrepancy")
-  c.optim.update(optimizer="adam", learning_rate=2e-3, b2=0.99, warmup_steps=50,
-                 schedule="cosine", grad_clip_norm=1.0, ema_decay=0.99)
-  c.train.update(global_batch_size=8, num_steps=3000, seed=0, log_every=50, sample_every=1000,
-                 checkpoint_every=250)
-  c.mesh.update(data=-1, fsdp=1, tensor=1)
+  cpu_recipe(c)
   c.sample.update(num_samples=16, sampler="ddim", num_steps=64, fps=16)
   if variant == "tiny":
     shrink_to_tiny(c)

@@ -16,7 +16,7 @@ Variant `configs/default.py:tiny` runs the whole pipeline in about a minute (tes
 
 import ml_collections
 
-from vdm_jax.config import base_config, shrink_to_tiny
+from vdm_jax.config import base_config, cpu_recipe, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -27,14 +27,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  num_res_blocks=1, attention_resolutions=(8,), image_size=16, head_dim=16,
                  norm_groups=8, num_classes=0, dropout=0.0, conv_impl="lax",
                  temporal_attention="all_levels")
-  c.diffusion.update(prediction="v", weighting="v", logsnr_min=-20.0, logsnr_max=20.0,
-                     time_sampling="low_discrepancy")
-  c.optim.update(optimizer="adam", learning_rate=2e-3, b2=0.99, warmup_steps=50,
-                 schedule="cosine", grad_clip_norm=1.0, ema_decay=0.99)
-  c.train.update(global_batch_size=8, num_steps=3000, seed=0, log_every=50, sample_every=1000,
-                 checkpoint_every=250)
-  c.mesh.update(data=-1, fsdp=1, tensor=1)
-  c.checkpoint.update(max_to_keep=3, async_save=True)
+  cpu_recipe(c)
   c.sample.update(num_samples=16, sampler="ddim", num_steps=64, fps=8)
   if variant == "tiny":
     shrink_to_tiny(c)

@@ -16,7 +16,7 @@ about a minute.
 
 import ml_collections
 
-from vdm_jax.config import base_config, shrink_to_tiny
+from vdm_jax.config import base_config, cpu_recipe, shrink_to_tiny
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -26,14 +26,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.update(backbone="dit", in_channels=3, out_channels=3, image_size=16, patch_size=2,
                  temporal_patch_size=1, hidden_size=64, depth=4, head_dim=16, mlp_ratio=4.0,
                  dit_attention="factorised", position="rope", num_classes=0, dropout=0.0)
-  c.diffusion.update(prediction="v", weighting="v", logsnr_min=-20.0, logsnr_max=20.0,
-                     time_sampling="low_discrepancy")
-  c.optim.update(optimizer="adam", learning_rate=2e-3, b2=0.99, warmup_steps=50,
-                 schedule="cosine", grad_clip_norm=1.0, ema_decay=0.99)
-  c.train.update(global_batch_size=8, num_steps=3000, seed=0, log_every=50, sample_every=1000,
-                 checkpoint_every=250)
-  c.mesh.update(data=-1, fsdp=1, tensor=1)
-  c.checkpoint.update(max_to_keep=3, async_save=True)
+  cpu_recipe(c)
   c.sample.update(num_samples=16, sampler="ddim", num_steps=64, fps=8)
   if variant == "tiny":
     shrink_to_tiny(c)

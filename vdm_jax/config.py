@@ -255,6 +255,20 @@ def base_config():
   return ml_collections.ConfigDict({name: section(cls) for name, cls in SECTIONS.items()})
 
 
+def cpu_recipe(config) -> None:
+  """The training recipe of the CPU configs (default, default_dit, cascade stages), in place:
+  v-prediction with v-MSE, Adam 2e-3 with 50 warmup steps and cosine decay, EMA 0.99, 3,000 steps
+  of batch 8, one device per core (data parallel), checkpoints every 250 steps."""
+  config.diffusion.update(prediction="v", weighting="v", logsnr_min=-20.0, logsnr_max=20.0,
+                          time_sampling="low_discrepancy")
+  config.optim.update(optimizer="adam", learning_rate=2e-3, b2=0.99, warmup_steps=50,
+                      schedule="cosine", grad_clip_norm=1.0, ema_decay=0.99)
+  config.train.update(global_batch_size=8, num_steps=3000, seed=0, log_every=50, sample_every=1000,
+                      checkpoint_every=250)
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  config.checkpoint.update(max_to_keep=3, async_save=True)
+
+
 def shrink_to_tiny(config) -> None:
   """Turns a config into its `tiny` variant in place: the same pipeline, data and conditioning
   (classes, conditioning frames, image frames), at a size that trains end to end in a minute or two

@@ -27,7 +27,7 @@ from vdm_jax import checkpoints
 from vdm_jax.config import ConfigError, ExperimentConfig
 from vdm_jax.denoiser import make_denoise_fn
 from vdm_jax.diffusion import CosineSchedule, distillation_loss
-from vdm_jax.train.state import TrainState
+from vdm_jax.train.state import TrainState, start_from_params
 from vdm_jax.train.step import gradient_step, training_condition
 from vdm_jax.train.workdir import check_workdir_compatible
 
@@ -80,10 +80,8 @@ def load_teacher(exp: ExperimentConfig, params: nnx.State, resumed: dict | None 
 
 
 def start_from_teacher(state: TrainState, teacher: Teacher) -> TrainState:
-  """A fresh student: params and EMA copies of the teacher's (copies: the state is donated)."""
-  shardings = jax.tree.map(lambda x: x.sharding, state["params"])
-  copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)
-  return {**state, "params": copy(teacher.params), "ema": copy(teacher.params)}
+  """A fresh student: params and EMA copies of the teacher's."""
+  return start_from_params(state, teacher.params)
 
 
 def make_distill_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,

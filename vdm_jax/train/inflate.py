@@ -15,13 +15,12 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from vdm_jax import checkpoints
 from vdm_jax.config import ConfigError, ExperimentConfig
 from vdm_jax.model import abstract_model
 from vdm_jax.train.optimizer import TEMPORAL_KEY, trainable_mask
-from vdm_jax.train.state import TrainState
+from vdm_jax.train.state import TrainState, start_from_params
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -78,8 +77,6 @@ def init_from(exp: ExperimentConfig, state: TrainState, mesh: Any) -> tuple[Trai
     params, copied = copy_shared(restored, state["params"])
   except ConfigError as err:
     raise ConfigError(f"train.init_from={source}: {err}") from err
-  shardings = jax.tree.map(lambda x: x.sharding, state["params"])
-  copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)
   entry = {"workdir": os.path.abspath(source), "step": int(step), "copied": copied,
            "new": len(jax.tree.leaves(params)) - copied}
-  return {**state, "params": copy(params), "ema": copy(params)}, entry
+  return start_from_params(state, params), entry

@@ -83,3 +83,14 @@ def state_shardings(state: TrainState) -> Any:
   """The sharding of every leaf of a (concrete) train state."""
   return jax.tree.map(lambda x: x.sharding, state)
 
+
+
+def start_from_params(state: TrainState, params: Any) -> TrainState:
+  """A fresh state whose params and EMA are copies of `params` on the state's shardings.
+
+  Copies, since the state is donated to the step (a distillation student starts from its teacher,
+  an inflated video model from an image model).
+  """
+  shardings = jax.tree.map(lambda x: x.sharding, state["params"])
+  copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)
+  return {**state, "params": copy(params), "ema": copy(params)}

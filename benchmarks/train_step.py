@@ -11,6 +11,8 @@ compiled.memory_analysis() and from the shards of the train state.
     --configs default default_dit --widths 16,32   each config at each width: the U-Net's
                                      base_channels or the DiT's hidden_size (model.backbone)
     --fsdp_sweep 1,2,4,8 --devices 8     per-device param+EMA+optimizer bytes for fsdp=N
+    --mesh_sweep '16,1,1 1,4,4' --devices 16   the same for data,fsdp,tensor meshes (abstract state:
+                                     nothing allocated, so pod-size configs run anywhere)
     --preflight --mesh 1,8,1 --memory_limit_gb 16   compile for a mesh, exit 2 with advice if
                                                      the step needs more memory per device
 """
@@ -40,6 +42,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
   p.add_argument("--no_run", action="store_true", help="compile only (no step times)")
   p.add_argument("--fsdp_sweep", default="", help="e.g. 1,2,4,8: state bytes per device per fsdp")
+  p.add_argument("--mesh_sweep", default="",
+                 help="e.g. '16,1,1 1,16,1 1,4,4': state bytes per device per data,fsdp,tensor mesh")
   p.add_argument("--preflight", action="store_true", help="compile and check --memory_limit_gb")
   p.add_argument("--memory_limit_gb", type=float, default=0.0)
   p.add_argument("--json", default="", help="also write the rows to this file")
@@ -146,28 +150,49 @@ def preflight(row: dict[str, Any], limit_gb: float) -> str:
           "per-device batch via mesh.data or optim.grad_accum_steps, or model.dtype=bfloat16)")
 
 
-def fsdp_sweep(name: str, over: list[str], sizes: list[int]) -> list[dict[str, Any]]:
-  """Per-device train-state bytes for fsdp = N (data takes the remaining devices); no compile."""
+def mesh_sweep(name: str, over: list[str], meshes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
+  """Per-device train-state bytes (params, EMA, optimizer) for each (data, fsdp, tensor) mesh.
+
+  From the abstract state's shardings (train.state.abstract_train_state): nothing is allocated or
+  compiled, so a pod-size config's sweep runs on a laptop with forced CPU devices.
+  """
+  import math
+
   import jax
 
   from benchmarks import common
   from vdm_jax.parallel import make_mesh
   from vdm_jax.train.optimizer import make_optimizer
-  from vdm_jax.train.state import create_train_state
+  from vdm_jax.train.state import abstract_train_state
+
+  def nbytes(tree: Any, per_device: bool) -> int:
+    shape = (lambda x: x.sharding.shard_shape(x.shape)) if per_device else (lambda x: x.shape)
+    return sum(math.prod(shape(x)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
   rows = []
-  for n in sizes:
+  for data, fsdp, tensor in meshes:
     exp = common.load_config(name, over)
-    mesh = make_mesh(-1, n, 1)
-    _, _, state = create_train_state(exp.model, make_optimizer(exp.optim, 10), mesh, 0)
-    total = sum(x.nbytes for x in jax.tree.leaves(state))
-    per = state_bytes_per_device(state)
-    row = {"config": name, "fsdp": n, "mesh": dict(mesh.shape), "state_mb_total": round(total / 1e6, 2),
-           "state_mb_per_device": round(per / 1e6, 2), "fraction": round(per / total, 4)}
+    mesh = make_mesh(data, fsdp, tensor)
+    _, _, state = abstract_train_state(exp.model, make_optimizer(exp.optim, 10), mesh, 0)
+    total, per = nbytes(state, False), nbytes(state, True)
+    row = {"config": name, "mesh": "x".join(str(v) for v in mesh.shape.values()),
+           "fsdp": mesh.shape["fsdp"], "tensor": mesh.shape["tensor"],
+           "state_mb_total": round(total / 1e6, 2), "state_mb_per_device": round(per / 1e6, 2),
+           "fraction": round(per / total, 4)}
     for part in ("params", "ema", "opt_state"):
-      part_total = sum(x.nbytes for x in jax.tree.leaves(state[part]))
-      row[f"{part}_fraction"] = round(state_bytes_per_device(state[part]) / part_total, 4)
+      row[f"{part}_fraction"] = round(nbytes(state[part], True) / nbytes(state[part], False), 4)
     rows.append(row)
   return rows
+
+
+def parse_meshes(args: argparse.Namespace) -> list[tuple[int, int, int]]:
+  """--mesh_sweep '8,1,1 1,4,2' and --fsdp_sweep 1,2,4 (data takes the rest) as (d, f, t) tuples."""
+  meshes = [tuple(int(v) for v in m.split(",")) for m in args.mesh_sweep.split()]
+  meshes += [(-1, int(n), 1) for n in args.fsdp_sweep.split(",") if n]
+  bad = [m for m in meshes if len(m) != 3]
+  if bad:
+    raise SystemExit(f"--mesh_sweep takes data,fsdp,tensor triples separated by spaces; got {bad}")
+  return meshes
 
 
 def print_table(rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -183,10 +208,9 @@ def main(argv: list[str]) -> None:
   from vdm_jax.train.flops import peak_flops_per_second
   over = overrides(args)
   common.setup_devices(args.devices, args.configs[0], over)
-  if args.fsdp_sweep:
-    rows = [r for name in args.configs
-            for r in fsdp_sweep(name, over, [int(n) for n in args.fsdp_sweep.split(",")])]
-    print_table(rows, ["config", "fsdp", "state_mb_total", "state_mb_per_device", "fraction",
+  if args.fsdp_sweep or args.mesh_sweep:
+    rows = [r for name in args.configs for r in mesh_sweep(name, over, parse_meshes(args))]
+    print_table(rows, ["config", "mesh", "state_mb_total", "state_mb_per_device", "fraction",
                        "params_fraction", "ema_fraction", "opt_state_fraction"])
   else:
     peak = peak_flops_per_second()

@@ -6,10 +6,13 @@ Setup (torch stays out of requirements.txt):
     pip install torch==2.13.0
     pip install --no-deps video-diffusion-pytorch==0.7.0 einops-exts rotary-embedding-torch
 (einops, tqdm, Pillow are already in the venv; torchvision is only used by its Trainer and is
-stubbed here.) Each framework runs in its own persistent subprocess (the JAX one with tcmalloc
-preloaded, torch with its default allocator); rounds alternate between them so load changes hit
-both. Measured: a full train step (loss, backward, Adam) and one no-grad denoiser call, same
-batch and video shape. Prints medians and the ratios (torch time / jax time: > 1 = JAX faster).
+stubbed here.) Each framework runs in its own persistent subprocess (the JAX one with the allocator
+the entry scripts pick, VDM_ALLOCATOR=auto|mimalloc|tcmalloc|glibc; torch with its default
+allocator); rounds alternate between them so load changes hit both, and each turn starts with an
+untimed call (--warmup_per_round: after the other framework's turn, caches are cold and mimalloc
+has returned its idle pages to the OS). Measured: a full train step (loss, backward, Adam) and one
+no-grad denoiser call, same batch and video shape. Prints medians and the ratios (torch time / jax
+time: > 1 = JAX faster).
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import subprocess
 import sys
 import time
 import types
-
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
 def torch_worker(args: argparse.Namespace):
@@ -65,7 +66,6 @@ def jax_worker(args: argparse.Namespace):
 
   from benchmarks import common
   from vdm_jax.denoiser import make_denoise_fn
-  from vdm_jax.diffusion import noise_level_from_logsnr  # noqa: F401  (import check)
   from vdm_jax.model import count_params
   from vdm_jax.parallel import make_mesh
   over = [f"data.num_frames={args.frames}", f"data.resolution={args.res}", f"model.image_size={args.res}",
@@ -82,13 +82,11 @@ def jax_worker(args: argparse.Namespace):
     holder["state"], metrics = compiled(holder["state"], batch)
     jax.block_until_ready(metrics)
 
-  from vdm_jax.model import split_params  # noqa: F401
-  from vdm_jax.train.step import make_train_step  # noqa: F401
   rest = _rest(exp, mesh)
 
   @jax.jit
   def denoise_fn(params, z, logsnr):
-    return make_denoise_fn(graphdef, params, rest)(z, logsnr, {})
+    return make_denoise_fn(graphdef, params, rest)(z, logsnr, None)
 
   logsnr = common.shard_batch({"l": jax.numpy.zeros((args.batch,))}, mesh)["l"]
   jax.block_until_ready(denoise_fn(holder["state"]["params"], batch["video"], logsnr))
@@ -106,13 +104,16 @@ def _rest(exp, mesh):
 
 
 def serve(args: argparse.Namespace) -> None:
-  """Worker loop: prints params, then for each stdin line 'what n' prints n timings as JSON."""
+  """Worker loop: prints params, then for each stdin line 'what n warm' runs `warm` untimed calls
+  and prints the timings of n more as JSON."""
   fns, params = (torch_worker if args.worker == "torch" else jax_worker)(args)
   for fn in fns.values():
     fn()  # warm-up
   print(json.dumps({"params": params}), flush=True)
   for line in sys.stdin:
-    what, n = line.split()
+    what, n, warm = line.split()
+    for _ in range(int(warm)):
+      fns[what]()  # untimed: the other framework just ran, caches and allocator pools are cold
     times = []
     for _ in range(int(n)):
       t0 = time.perf_counter()
@@ -123,11 +124,19 @@ def serve(args: argparse.Namespace) -> None:
 
 def start(worker: str, argv: list[str]) -> subprocess.Popen:
   env = dict(os.environ)
-  if worker == "jax" and os.path.exists(TCMALLOC):
-    env["LD_PRELOAD"] = TCMALLOC
+  if worker == "jax":
+    from vdm_jax.runtime import find_allocator
+    _, lib = find_allocator(os.environ.get("VDM_ALLOCATOR", "auto"))
+    if lib:
+      env["LD_PRELOAD"] = (lib + " " + env.get("LD_PRELOAD", "")).strip()
   return subprocess.Popen([sys.executable, "-m", "benchmarks.vs_pytorch", "--worker", worker] + argv,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _allocator_name() -> str:
+  from vdm_jax.runtime import find_allocator
+  return find_allocator(os.environ.get("VDM_ALLOCATOR", "auto"))[0]
 
 
 def ask(proc: subprocess.Popen, line: str):
@@ -151,6 +160,8 @@ def main(argv: list[str]) -> None:
                       "through its intra-op threads), 1 the whole batch on one device")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--per_round", type=int, default=2)
+  p.add_argument("--warmup_per_round", type=int, default=1,
+                 help="untimed calls at the start of each turn (the other framework ran meanwhile)")
   args = p.parse_args(argv)
   if args.worker:
     return serve(args)
@@ -161,7 +172,7 @@ def main(argv: list[str]) -> None:
   for _ in range(args.rounds):
     for what in ("train", "denoise"):
       for w, proc in procs.items():
-        times[(w, what)] += ask(proc, f"{what} {args.per_round}")
+        times[(w, what)] += ask(proc, f"{what} {args.per_round} {args.warmup_per_round}")
   for proc in procs.values():
     proc.stdin.close()
     proc.wait()
@@ -171,7 +182,8 @@ def main(argv: list[str]) -> None:
          "median_s": {f"{w}_{what}": round(v, 4) for (w, what), v in med.items()},
          "train_speedup_jax": round(med[("torch", "train")] / med[("jax", "train")], 2),
          "denoise_speedup_jax": round(med[("torch", "denoise")] / med[("jax", "denoise")], 2),
-         "jax_devices": args.jax_devices, "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+         "jax_devices": args.jax_devices, "jax_allocator": _allocator_name(),
+         "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
   print(json.dumps(out, indent=1))
 
 

@@ -58,3 +58,29 @@ def test_compiled_flops_count_every_device(devices):
   mesh = jax.make_mesh((len(devices),), ("data",))
   x = jax.device_put(jnp.ones((len(devices) * 4, 16, 16)), NamedSharding(mesh, PartitionSpec("data")))
   assert _xla_flops(lambda x: x @ x, x) == pytest.approx(2 * len(devices) * 4 * 16**3, rel=1e-6)
+
+
+def test_mesh_sweep_shards_state_by_fsdp_and_tensor(devices):
+  # The abstract sweep (nothing allocated): fsdp=8 holds about an eighth of the state per device,
+  # data parallel holds all of it, and tensor parallel shards it too.
+  from benchmarks.train_step import mesh_sweep
+  rows = {r["mesh"]: r for r in mesh_sweep("default_dit", [], [(8, 1, 1), (1, 8, 1), (1, 4, 2)])}
+  assert rows["8x1x1"]["fraction"] == 1.0
+  assert rows["8x1x1"]["state_mb_total"] == rows["1x8x1"]["state_mb_total"] > 0
+  assert 0.125 <= rows["1x8x1"]["params_fraction"] < 0.2
+  assert rows["1x8x1"]["opt_state_fraction"] < 0.2
+  assert rows["1x4x2"]["params_fraction"] < 0.25
+
+
+def test_vs_pytorch_jax_worker_trains_and_denoises():
+  # The JAX side of benchmarks/vs_pytorch.py (torch is not installed in CI): it must build, run a
+  # train step and a denoiser call, and count the parameters it times.
+  import argparse
+
+  from benchmarks.vs_pytorch import jax_worker
+  args = argparse.Namespace(frames=4, res=8, batch=8, jax_devices=0, jax_config="default:tiny",
+                            jax_set=["model.image_size=8", "model.attention_resolutions=(4,)"])
+  fns, params = jax_worker(args)
+  fns["train"]()
+  fns["denoise"]()
+  assert params > 1000

@@ -48,9 +48,13 @@ def make_denoise_fn(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, 
     deterministic: dropout off (sampling) or on (training with model.dropout > 0).
     dropout_rng: the dropout stream's key when not deterministic.
   """
-  model = nnx.merge(graphdef, params, rest)
+  # copy=True: fresh Variables in the caller's trace; the dropout stream's counters are mutated
+  # during the call, which NNX forbids on Variables created outside the current jit/grad trace.
+  model = nnx.merge(graphdef, params, rest, copy=True)
   if dropout_rng is not None and not deterministic:
-    nnx.reseed(model, dropout=dropout_rng)
+    # Backbones are built with nnx.Rngs(seed): their Dropout layers draw from the 'default' stream.
+    # Reseeding only 'dropout' left the seed's key there, and every step drew the same masks.
+    nnx.reseed(model, default=dropout_rng, dropout=dropout_rng)
 
   def denoise_fn(z: jax.Array, logsnr: jax.Array, cond: Conditioning | None) -> jax.Array:
     cond = Conditioning() if cond is None else cond

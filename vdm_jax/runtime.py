@@ -165,3 +165,5 @@ def setup_runtime(allocator: bool = True) -> None:
   if preloaded_allocator() == "glibc" and os.environ.get("VDM_ALLOCATOR") != "glibc":
     logging.info("no faster malloc preloaded: pip install cmeel-mimalloc (requirements.txt) or "
                  "apt-get install libtcmalloc-minimal4 for faster CPU steps")
+  else:
+    logging.info("malloc: %s (VDM_ALLOCATOR=auto|mimalloc|tcmalloc|glibc chooses)", preloaded_allocator())

@@ -1,6 +1,8 @@
 """The pure train step: it overfits one batch, compiles once, and gives the same numbers on 1 device,
 8 data-parallel devices and a (data 2 x fsdp 4) mesh."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -117,3 +119,34 @@ def test_same_trajectory_on_other_meshes(exp, devices, host_batches, reference_r
         state[name], reference_state[name])
   assert not far, far
   np.testing.assert_array_equal(state["rng"], reference_state["rng"])
+
+
+@pytest.mark.parametrize("backbone,remat",
+                         [("unet", "none"), ("unet", "block"), ("dit", "none"), ("dit", "block")])
+def test_dropout_under_jit_and_grad_draws_from_the_step_key(backbone, remat):
+  # model.dropout > 0 (the ucf101 config's 0.1): the train step merges the model inside jit and
+  # grad, where the dropout stream's counters mutate (this once raised NNX's TraceContextError),
+  # and each step's key must reach the Dropout layers (once they kept the init seed's key, so
+  # every step drew the same masks).
+  from vdm_jax.denoiser import make_denoise_fn
+  from vdm_jax.model import create_model, split_params
+  from vdm_jax.model.config import ModelConfig
+  cfg = ModelConfig(**MICRO_MODEL, dropout=0.5, remat=remat, backbone=backbone, hidden_size=16, depth=1)
+  graphdef, state = create_model(cfg, make_mesh(), 0)
+  params, rest = split_params(state)
+  leaves, treedef = jax.tree.flatten(params)  # random nonzero output layers: dropout shows
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = treedef.unflatten([x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  z = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 3))
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def loss_and_grad(params, key, deterministic):
+    def loss(params):
+      fn = make_denoise_fn(graphdef, params, rest, deterministic=deterministic, dropout_rng=key)
+      return fn(z, jax.numpy.zeros((2,)), None).sum()
+    return jax.value_and_grad(loss)(params)
+
+  run = lambda seed, det=False: float(loss_and_grad(params, jax.random.key(seed), det)[0])
+  assert run(0) == run(0)
+  assert run(0) != run(1)
+  assert run(0, True) == run(1, True) != run(0)

@@ -151,7 +151,7 @@ def call_block(block, remat: bool, *args, **static_kwargs):
   graphdef, state = nnx.split(block)
 
   def run(state, *args):
-    module = nnx.merge(graphdef, state)
+    module = nnx.merge(graphdef, state, copy=True)  # dropout counters mutate inside checkpoint
     return module(*args, **static_kwargs), nnx.state(module)
   out, state = jax.checkpoint(run)(state, *args)
   if not static_kwargs.get("deterministic", True):

@@ -160,7 +160,17 @@ def make_topology_mesh(exp: Any, devices: list[Any]) -> Any:
   mesh = make_mesh(**dataclasses.asdict(exp.mesh), devices=devices)  # checks and fills the sizes
   if devices[0].platform != "tpu":
     return mesh
-  ordered = mesh_utils.create_device_mesh(mesh.devices.shape, devices)
+  try:
+    ordered = mesh_utils.create_device_mesh(mesh.devices.shape, devices)
+  except NotImplementedError as e:  # jax's message names logical indices, not our config fields
+    coords = [getattr(d, "coords", None) for d in devices]
+    physical = ("x".join(str(max(c[i] for c in coords) + 1) for i in range(len(coords[0])))
+                if all(coords) else "?")
+    raise ValueError(
+        f"the mesh data x fsdp x tensor = {' x '.join(map(str, mesh.devices.shape))} does not map "
+        f"onto the topology's physical chip grid {physical}; each mesh "
+        "axis must be a product of physical axis sizes, e.g. on v5e-64 (8x8) use "
+        "--config.mesh.fsdp=8 (data 8) rather than fsdp=4 (data 16)") from e
   return jax.sharding.Mesh(ordered, mesh.axis_names, axis_types=mesh.axis_types)
 
 

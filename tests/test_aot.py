@@ -111,6 +111,16 @@ def test_tpu_topology_compile_on_this_machine():
   assert jax.default_backend() == "cpu"  # the TPU was only a compile target
 
 
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (optional: "
+                    + aot_compile.LIBTPU_PIP + ")")
+def test_mesh_that_does_not_fit_the_chip_grid_says_what_to_change():
+  # v5e-64 is an 8x8 grid: a data axis of 16 cannot be laid on it (jax's own error names logical
+  # axis indices); the error names the mesh, the grid and a fix, before any compile.
+  devices = aot_compile.topology_devices("v5e-64")
+  with pytest.raises(ValueError, match=r"16 x 4 x 1 does not map .* grid 8x8x1.*fsdp=8"):
+    aot_compile.make_topology_mesh(micro_experiment(data=16, fsdp=4), devices)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="the CUDA PJRT plugin is not installed (optional: "
                     + aot_compile.CUDA_PIP + ")")

@@ -84,3 +84,14 @@ def test_vs_pytorch_jax_worker_trains_and_denoises():
   fns["train"]()
   fns["denoise"]()
   assert params > 1000
+
+
+def test_sampler_benchmark_runs_the_generation_chunk():
+  # benchmarks/sampler.py compiles what sample.py compiles (it once imported a module that had
+  # moved): a tiny frame-conditioned config, a multistep sampler, every step in one call.
+  import argparse
+
+  from benchmarks.sampler import measure
+  args = argparse.Namespace(steps=2, batch=8, repeats=1, set=[])  # the 8 test devices
+  row = measure("bair:tiny", "dpmpp2m", args)
+  assert row["steps"] == 2 and row["call_s"] > 0 and row["frames_per_s"] > 0

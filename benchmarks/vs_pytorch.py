@@ -122,21 +122,13 @@ def serve(args: argparse.Namespace) -> None:
     print(json.dumps(times), flush=True)
 
 
-def start(worker: str, argv: list[str]) -> subprocess.Popen:
+def start(worker: str, argv: list[str], allocator_lib: str | None) -> subprocess.Popen:
   env = dict(os.environ)
-  if worker == "jax":
-    from vdm_jax.runtime import find_allocator
-    _, lib = find_allocator(os.environ.get("VDM_ALLOCATOR", "auto"))
-    if lib:
-      env["LD_PRELOAD"] = (lib + " " + env.get("LD_PRELOAD", "")).strip()
+  if worker == "jax" and allocator_lib:
+    env["LD_PRELOAD"] = (allocator_lib + " " + env.get("LD_PRELOAD", "")).strip()
   return subprocess.Popen([sys.executable, "-m", "benchmarks.vs_pytorch", "--worker", worker] + argv,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _allocator_name() -> str:
-  from vdm_jax.runtime import find_allocator
-  return find_allocator(os.environ.get("VDM_ALLOCATOR", "auto"))[0]
 
 
 def ask(proc: subprocess.Popen, line: str):
@@ -166,7 +158,9 @@ def main(argv: list[str]) -> None:
   if args.worker:
     return serve(args)
   child_argv = [a for a in argv]
-  procs = {w: start(w, child_argv) for w in ("torch", "jax")}
+  from vdm_jax.runtime import find_allocator
+  allocator, allocator_lib = find_allocator(os.environ.get("VDM_ALLOCATOR", "auto"))
+  procs = {w: start(w, child_argv, allocator_lib) for w in ("torch", "jax")}
   params = {w: json.loads(proc.stdout.readline())["params"] for w, proc in procs.items()}
   times = {(w, what): [] for w in procs for what in ("train", "denoise")}
   for _ in range(args.rounds):
@@ -182,7 +176,7 @@ def main(argv: list[str]) -> None:
          "median_s": {f"{w}_{what}": round(v, 4) for (w, what), v in med.items()},
          "train_speedup_jax": round(med[("torch", "train")] / med[("jax", "train")], 2),
          "denoise_speedup_jax": round(med[("torch", "denoise")] / med[("jax", "denoise")], 2),
-         "jax_devices": args.jax_devices, "jax_allocator": _allocator_name(),
+         "jax_devices": args.jax_devices, "jax_allocator": allocator,
          "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
   print(json.dumps(out, indent=1))
 

@@ -52,9 +52,9 @@ def make_denoise_fn(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, 
   # during the call, which NNX forbids on Variables created outside the current jit/grad trace.
   model = nnx.merge(graphdef, params, rest, copy=True)
   if dropout_rng is not None and not deterministic:
-    # Backbones are built with nnx.Rngs(seed): their Dropout layers draw from the 'default' stream.
-    # Reseeding only 'dropout' left the seed's key there, and every step drew the same masks.
-    nnx.reseed(model, default=dropout_rng, dropout=dropout_rng)
+    # Backbones are built with nnx.Rngs(seed): their Dropout layers draw from the 'default' stream
+    # (reseeding a 'dropout' stream, which they do not have, once left every step the same masks).
+    nnx.reseed(model, default=dropout_rng)
 
   def denoise_fn(z: jax.Array, logsnr: jax.Array, cond: Conditioning | None) -> jax.Array:
     cond = Conditioning() if cond is None else cond

@@ -40,7 +40,7 @@ def create_model(config: ModelConfig, mesh: Mesh, rng: int | jax.Array,
   Args:
     config: the model's hyper-parameters (config.backbone picks the network).
     mesh: a (data, fsdp, tensor) mesh from vdm_jax.parallel.make_mesh.
-    rng: int seed or key for nnx.Rngs (streams 'params' and 'dropout').
+    rng: int seed or key for nnx.Rngs (one 'default' stream: the parameters' init, then dropout).
     rules: logical axis -> mesh axes.
 
   Returns:

@@ -215,7 +215,7 @@ class DiT(nnx.Module):
         a traced one is ignored, and the config check refuses data.image_frames > 0).
       lowres: [B, T, H, W, lowres_channels], aug_level: [B]: a cascade stage's upsampled, noised
         conditioning video and its augmentation level. Required iff lowres_channels > 0.
-      deterministic: False enables dropout (draws from the 'dropout' rng stream).
+      deterministic: False enables dropout (draws from the 'default' rng stream).
     Returns:
       [B, T, H, W, out_channels] float32.
     """

@@ -146,7 +146,7 @@ class UNet(nnx.Module):
       image_mask: bool [B, T]; True = independent image frame (identity temporal attention).
       lowres: [B, T, H, W, lowres_channels], a cascade stage's (noised) conditioning video;
         aug_level: [B] float, its augmentation noise level. Required iff lowres_channels > 0.
-      deterministic: False enables dropout (draws from the 'dropout' rng stream).
+      deterministic: False enables dropout (draws from the 'default' rng stream).
     Returns:
       [B, T, H, W, out_channels] float32.
     """

@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from vdm_jax.parallel.distributed import DISTRIBUTED_FLAGS, initialize_from_flags  # noqa: F401
 from vdm_jax.runtime import setup_runtime
 
 FLAGS = flags.FLAGS
@@ -53,9 +54,15 @@ def finished(workdir: str, num_steps: int) -> bool:
 def main(argv):
   del argv
   setup_runtime()
-  from vdm_jax.config import ConfigError
-  from vdm_jax.train.loop import train_and_evaluate
+  from vdm_jax.config import ConfigError, ExperimentConfig
   config = FLAGS.config
+  try:  # every value in range, then the devices: one per core on a CPU, jax.distributed on a pod
+    ExperimentConfig.from_config_dict(config)
+    initialize_from_flags(config.train.global_batch_size // config.optim.grad_accum_steps,
+                          dict(config.mesh))
+  except (ConfigError, ValueError) as e:
+    sys.exit(f"distill.py: {e}")
+  from vdm_jax.train.loop import train_and_evaluate
   for n, teacher, student in rounds(FLAGS.workdir, FLAGS.teacher_workdir, FLAGS.first_steps,
                                     FLAGS.final_steps):
     if finished(student, config.train.num_steps):

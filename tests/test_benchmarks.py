@@ -1,4 +1,6 @@
-"""The analytic FLOP count (every dot/conv in a jaxpr) against XLA's cost analysis."""
+"""Benchmarks kept running: the FLOP count against XLA, the sampler, vs_pytorch and fewstep."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -95,3 +97,25 @@ def test_sampler_benchmark_runs_the_generation_chunk():
   args = argparse.Namespace(steps=2, batch=8, repeats=1, set=[])  # the 8 test devices
   row = measure("bair:tiny", "dpmpp2m", args)
   assert row["steps"] == 2 and row["call_s"] > 0 and row["frames_per_s"] > 0
+
+
+def test_fewstep_curve_writes_points_resumes_and_tables(tmp_path, monkeypatch):
+  # The quality-vs-calls benchmark on an untrained micro model (colour drift only, 2 videos):
+  # a JSON per point with the cost, a table row per point, a plot; a rerun evaluates nothing.
+  from benchmarks import fewstep
+  from tests.test_sample_script import write_checkpoint
+  from vdm_jax import evaluation
+  workdir = str(tmp_path / "run")
+  write_checkpoint(workdir, str(tmp_path / "tfds"))
+  argv = ["--workdir", workdir, "--calls", "1,2", "--samplers", "dpmpp2m", "--metrics",
+          "colour_drift", "--num_samples", "2", "--cache_dir", "", "--out_dir", str(tmp_path / "out")]
+  rows = fewstep.run(fewstep.parse_args(argv))
+  assert [r["point"] for r in rows] == ["dpmpp2m1", "dpmpp2m2"]
+  assert all(r["seconds_per_video"] > 0 and r["colour_drift_generated"] > 0 for r in rows)
+  assert [r["model_calls"] for r in rows] == [1, 2] and rows[0]["shape"][0] == 4
+  monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: pytest.fail("point evaluated again"))
+  again = fewstep.run(fewstep.parse_args(argv))
+  assert again == rows
+  assert fewstep.table(rows).count("\n") == 2 + len(rows)
+  fewstep.plot(rows, str(tmp_path / "c.png"), key="colour_drift_generated")
+  assert os.path.getsize(tmp_path / "c.png") > 1000

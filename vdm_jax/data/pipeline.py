@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -223,10 +224,23 @@ class TrainIterator(Iterator[Batch]):
       self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+AUTO_GRAIN_MIN_CORES = 5  # data.loader="auto" picks grain for encoded frames from this many cores
+
+
 def resolve_loader(config: DataConfig) -> str:
   """The training loader that config.data.loader names: "numpy" or "grain".
 
-  "auto": AUTO_REASON.
+  "auto", from benchmarks/input_pipeline.py (batch 8; 2 cores at load 8-10; two runs, videos/s):
+    raw uint8 tensors (the embedded sets; folder sets by default): numpy on any host. numpy
+      3,353 / 1,595 against grain 2,101 / 1,541 with 0 workers, 1,286 / 1,052 with 1 and
+      1,092 / 1,142 with 2: a clip decompresses fast, so worker processes only add their hand-off.
+    encoded frames (PNG/JPEG: moving_mnist, bair, ucf101; folder sets with frame_encoding="png"),
+      16 x 64 x 64 PNG clips: numpy 128 / 173 against grain 91 / 113 (0 workers), 129 / 87 (1),
+      85 / 54 (2), 128 (4; the first run timed 4 before they had all started): numpy up to 4
+      cores (PIL decodes outside the GIL, so 2 threads use both cores). From
+      AUTO_GRAIN_MIN_CORES cores, grain: not measured here, but the numpy loader's Python-side
+      work shares one GIL where grain's processes do not, and one 8-GPU host's train step takes
+      ~670 (bair) to ~3,450 (moving_mnist) videos/s (H100 at 40% MFU) against ~150 from 2 threads.
 
   Raises:
     ImportError: loader="grain" and grain is not installed (the line names the pip command).
@@ -235,7 +249,7 @@ def resolve_loader(config: DataConfig) -> str:
     raise ImportError(f"data.loader='grain' needs the grain package: {grain_pipeline.GRAIN_PIP}")
   if config.loader != "auto":
     return config.loader
-  if not grain_pipeline.grain_available():
+  if not grain_pipeline.grain_available() or (os.cpu_count() or 1) < AUTO_GRAIN_MIN_CORES:
     return "numpy"
   spec = registry.get_spec(config.name)
   feature = registry.get_builder(config.name, config.resolved_data_dir).info.features[spec.video_key]

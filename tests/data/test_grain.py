@@ -146,3 +146,10 @@ def test_png_frames_read_back_exactly_and_auto_picks_by_kind_and_cores(tmp_path,
   assert pipeline.resolve_loader(configs["zlib"]) == "numpy"
   with pytest.raises(ValueError, match="frame_encoding='webp'"):
     video_folder.make_folder_dataset(str(src), "x", str(tmp_path), frame_encoding="webp")
+
+
+def test_the_benchmark_times_both_loaders(data_dir):
+  from benchmarks import input_pipeline
+  for loader in ("numpy", "grain"):
+    row = input_pipeline.measure(_cfg(data_dir, loader=loader), 4, 2)
+    assert row["videos_per_s"] > 0 and row["startup_s"] >= 0

@@ -9,6 +9,8 @@ from vdm_jax.data.paths import check_folder_name
 
 # DataConfig names of datasets made by scripts/make_video_dataset.py: folder/<name>.
 FOLDER_PREFIX = "folder/"
+# data.loader values: the training input pipeline (pipeline.create_train_iterator dispatches).
+LOADERS = ("auto", "numpy", "grain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +46,13 @@ class DataConfig:
     shuffle_buffer: kept for config compatibility; the index-based pipeline
       shuffles each epoch with a full permutation, so this only has to be > 0
       to shuffle (0 disables shuffling of training examples).
-    prefetch: batches prepared ahead in background threads.
-    num_workers: threads decoding examples.
+    prefetch: batches prepared ahead in background threads (grain: per worker).
+    num_workers: threads decoding examples; with the grain loader, worker
+      processes (0: decode in this process).
+    loader: training input pipeline: "numpy" (pipeline.py's thread pool),
+      "grain" (grain_pipeline.py: worker processes; `pip install grain`), or
+      "auto": the faster one on the dataset's kind as measured
+      (pipeline.resolve_loader says which and why).
   """
   name: str = "moving_shapes"
   data_dir: str | None = None
@@ -61,8 +68,12 @@ class DataConfig:
   shuffle_buffer: int = 1024
   prefetch: int = 2
   num_workers: int = 2
+  loader: str = "auto"
 
   def __post_init__(self):
+    if self.loader not in LOADERS:
+      raise ValueError(f"data.loader={self.loader!r} is not one of {', '.join(LOADERS)}; "
+                       "change --config.data.loader")
     for field in ("num_frames", "frame_stride", "resolution"):
       if not getattr(self, field) >= 1:
         raise ValueError(f"data.{field}={getattr(self, field)!r} is out of range: it must be >= 1; "

@@ -1,7 +1,9 @@
 """video_folder/<name>: a TFDS dataset made from a folder of video files.
 
 Read back without this code by `tfds.builder_from_directory` (DataConfig name
-"folder/<name>"). Features: 'video' uint8 [T, R, R, 3] (zlib tensor); 'fps'
+"folder/<name>"). Features: 'video' uint8 [T, R, R, 3] (a zlib tensor, or with
+frame_encoding "png"/"jpeg" a tfds Video of encoded frames: smaller, slower to
+decode, the data.loader='grain' case); 'fps'
 float32, the clip's frame rate (0 when the file had no timestamps) and 'motion'
 float32, its motion score (`curation.motion_score`, pixels per second at 64 x 64):
 the data side of SVD's micro-conditioning, absent from datasets made before them,
@@ -21,6 +23,8 @@ import tensorflow_datasets as tfds
 from vdm_jax.data import curation, video_files
 from vdm_jax.data.paths import check_folder_name, removed_on_failure
 
+FRAME_ENCODINGS = ("zlib", "png", "jpeg")
+
 
 @dataclasses.dataclass
 class VideoFolderConfig(tfds.core.BuilderConfig):
@@ -31,6 +35,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
   fps: float | None = None
   max_clips_per_video: int | None = None
   test_fraction: float = 0.0
+  frame_encoding: str = "zlib"
   curation_config: curation.CurationConfig = dataclasses.field(default_factory=curation.CurationConfig)
 
 
@@ -47,9 +52,11 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
-    features = {"video": tfds.features.Tensor(
-        shape=(cfg.num_frames, cfg.resolution, cfg.resolution, 3),
-        dtype=np.uint8, encoding="zlib"),
+    shape = (cfg.num_frames, cfg.resolution, cfg.resolution, 3)
+    video = (tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding="zlib")
+             if cfg.frame_encoding == "zlib" else
+             tfds.features.Video(shape, encoding_format=cfg.frame_encoding))
+    features = {"video": video,
         "fps": tfds.features.Scalar(np.float32, doc="frames per second (0: unknown)"),
         "motion": tfds.features.Scalar(np.float32, doc="motion score, pixels/s at 64x64")}
     if self._labels:
@@ -92,10 +99,12 @@ def make_folder_dataset(input_dir: str, name: str, data_dir: str, *,
                         frame_stride: int = 1, fps: float | None = None,
                         max_clips_per_video: int | None = None,
                         test_fraction: float = 0.0,
-                        curation_config: curation.CurationConfig | None = None) -> dict:
+                        curation_config: curation.CurationConfig | None = None,
+                        frame_encoding: str = "zlib") -> dict:
   """Builds data_dir/video_folder/<name>/1.0.0 from input_dir's videos.
 
   curation_config: what to split at cuts and drop (static, duplicates); None keeps every clip.
+  frame_encoding: "zlib" (a compressed uint8 tensor per clip), or "png" / "jpeg" (encoded frames).
 
   Returns:
     The decode report as a dict (also written to report.json in the dataset
@@ -113,11 +122,13 @@ def make_folder_dataset(input_dir: str, name: str, data_dir: str, *,
     raise ValueError("num_frames, resolution and frame_stride must be >= 1.")
   if not 0.0 <= test_fraction < 1.0:
     raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}.")
+  if frame_encoding not in FRAME_ENCODINGS:
+    raise ValueError(f"frame_encoding={frame_encoding!r} is not one of {', '.join(FRAME_ENCODINGS)}.")
   config = VideoFolderConfig(
       name=name, input_dir=input_dir, num_frames=num_frames,
       resolution=resolution, frame_stride=frame_stride, fps=fps,
       max_clips_per_video=max_clips_per_video, test_fraction=test_fraction,
-      curation_config=curation_config or curation.CurationConfig())
+      frame_encoding=frame_encoding, curation_config=curation_config or curation.CurationConfig())
   with removed_on_failure(data_dir, os.path.join(data_dir, VideoFolder.name, name)):
     builder = VideoFolder(config=config, data_dir=data_dir)
     builder.download_and_prepare(file_format="array_record")

@@ -45,6 +45,9 @@ _MAX_CLIPS = flags.DEFINE_integer("max_clips_per_video", None,
 _TEST = flags.DEFINE_float("test_fraction", 0.0,
                            "Fraction of videos held out as the test split.")
 _DEFAULTS = curation.CurationConfig()
+_ENCODING = flags.DEFINE_enum("frame_encoding", "zlib", ["zlib", "png", "jpeg"],
+                              "How clips are stored: a zlib-compressed uint8 tensor (smallest decode "
+                              "cost), or encoded PNG/JPEG frames (smaller on disk, decoded per frame).")
 _CURATE = flags.DEFINE_bool("curate", False, "Turn on --split_at_cuts, --drop_static and --dedup.")
 _SPLIT = flags.DEFINE_bool("split_at_cuts", False, "Split videos into shots at detected cuts.")
 _CUT = flags.DEFINE_float("cut_threshold", _DEFAULTS.cut_threshold,
@@ -75,7 +78,7 @@ def main(argv):
         os.path.expanduser(_INPUT.value), _NAME.value, data_dir, num_frames=_FRAMES.value,
         resolution=_RES.value, frame_stride=_STRIDE.value, fps=_FPS.value,
         max_clips_per_video=_MAX_CLIPS.value, test_fraction=_TEST.value,
-        curation_config=curation_config)
+        curation_config=curation_config, frame_encoding=_ENCODING.value)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"make_video_dataset.py: {e}") from e
   for d in report.get("dropped", []):

@@ -3,9 +3,9 @@
     python scripts/motion_demo.py --workdir runs/motion_demo [--num_steps 1500] [--num_samples 32]
 
 Trains `configs/default.py:motion` (moving_shapes_speeds: each video slow or fast, its motion score
-stored; model.micro_conditioning=("motion",)) with train.py (resuming or skipping a finished run),
-samples --num_samples videos with sample.py at the slow and at the fast motion value (the median
-motion score of the real slow and fast test clips; the clusters are split at the geometric mean of
+stored; model.micro_conditioning=("motion",)) with train.py (resuming a half-trained run, skipping a
+finished one), samples --num_samples videos with sample.py at the slow and at the fast motion value
+(the median motion score of the real slow and fast test clips; the clusters are split at the geometric mean of
 the extremes), and measures `object_speed` (metrics.temporal: mean centroid move of tracked
 objects, pixels per frame at the training resolution) of the samples and of the real slow and fast
 clips (the training clip: the first data.num_frames frames, resized like the training data).
@@ -54,6 +54,15 @@ def speed(videos: np.ndarray) -> float:
   return temporal.mean_over_videos(temporal.video_stats(videos))["object_speed"]
 
 
+def _trained(train_dir: str, num_steps: int | None) -> bool:
+  """Whether train_dir holds a checkpoint at its config's (or num_steps) last step."""
+  try:
+    exp, step, _ = checkpoints.read_experiment(train_dir)
+  except (FileNotFoundError, ValueError):
+    return False
+  return step >= (num_steps or exp.train.num_steps)
+
+
 def run(cmd: list[str], log: str) -> None:
   print("+", " ".join(cmd), flush=True)
   with open(log, "a") as f:
@@ -68,7 +77,8 @@ def main(argv):
   train = [sys.executable, "train.py", f"--config={CONFIG}", f"--workdir={train_dir}"]
   if _NUM_STEPS.value:
     train.append(f"--config.train.num_steps={_NUM_STEPS.value}")
-  run(train, os.path.join(workdir, "train.log"))
+  if not _trained(train_dir, _NUM_STEPS.value):
+    run(train, os.path.join(workdir, "train.log"))
   exp, _, _ = checkpoints.read_experiment(train_dir)  # the config the model was trained with
   clips, motion = real_clips(exp, _NUM_REAL.value)
   split = float(np.sqrt(motion.min() * motion.max()))

@@ -4,6 +4,8 @@ The value changes the output of both backbones (and only a model with the field 
 without the field keeps its parameter tree, the config and argument errors, and the denoiser feeding
 `Conditioning.motion` to the model."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,8 @@ from vdm_jax.model import DiT, ModelConfig, UNet, split_params
 B, T, S = 2, 4, 8
 UNET = dict(base_channels=8, channel_mult=(1,), attention_resolutions=(), image_size=S, head_dim=8,
             norm_groups=4, temporal_attention="none")
+# Tests check values, not speed: a lower XLA optimisation level halves compile time on 2 cores.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 DIT = dict(backbone="dit", hidden_size=16, head_dim=8, depth=1, mlp_ratio=1.0, image_size=S, max_frames=T)
 
 
@@ -41,14 +45,23 @@ def _inputs():
 
 @pytest.mark.parametrize("cls,kw", [(UNet, UNET), (DiT, DIT)], ids=["unet", "dit"])
 def test_the_motion_value_changes_the_output_of_both_backbones(cls, kw):
-  model = random_model(cls, ModelConfig(micro_conditioning=("fps", "motion"), **kw))
-  z, noise = _inputs()
-  micro = jnp.asarray([[8.0, 6.0], [8.0, 24.0], [24.0, 6.0], [8.0, 6.0]])  # (fps, motion) per row
+  """Through the denoiser (Conditioning.fps / motion -> the model's micro input -> the embedding)."""
+  graphdef, state = nnx.split(random_model(cls, ModelConfig(micro_conditioning=("fps", "motion"), **kw)))
+  params, rest = split_params(state)
+  z, _ = _inputs()
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def forward(params, z, fps, motion):
+    denoise = make_denoise_fn(graphdef, params, rest)
+    return denoise(z, jnp.zeros((len(z),)), Conditioning(fps=fps, motion=motion))
+
   # One forward: four rows of the same noisy clip and level, differing only in (fps, motion).
-  out = np.asarray(model(jnp.repeat(z[:1], 4, 0), jnp.repeat(noise[:1], 4), micro=micro))
-  slow, fast, other_fps, again = out
+  fps, motion = jnp.asarray([8.0, 8.0, 24.0, 8.0]), jnp.asarray([6.0, 24.0, 6.0, 6.0])
+  slow, fast, other_fps, again = np.asarray(forward(params, jnp.repeat(z[:1], 4, 0), fps, motion))
   assert np.abs(slow - fast).max() > 1e-3 and np.abs(slow - other_fps).max() > 1e-3
   np.testing.assert_allclose(slow, again, atol=1e-6)
+  with pytest.raises(ValueError, match="Conditioning has no \\['motion'\\]"):
+    make_denoise_fn(graphdef, params, rest)(z, jnp.zeros((B,)), Conditioning(fps=jnp.full((B,), 8.0)))
 
 
 @pytest.mark.parametrize("cls,kw", [(UNet, UNET), (DiT, DIT)], ids=["unet", "dit"])
@@ -76,17 +89,3 @@ def test_config_errors(value, message):
   with pytest.raises(ValueError, match=message):
     ModelConfig(micro_conditioning=value)
   assert ModelConfig(micro_conditioning=["fps", "motion"]).micro_conditioning == ("fps", "motion")
-
-
-def test_the_denoiser_feeds_conditioning_motion_to_the_model():
-  model = random_model(UNet, ModelConfig(micro_conditioning=("motion",), **UNET))
-  graphdef, state = nnx.split(model)
-  params, rest = split_params(state)
-  denoise = make_denoise_fn(graphdef, params, rest)
-  z, _ = _inputs()
-  logsnr = jnp.zeros((B,))
-  slow = denoise(z, logsnr, Conditioning(motion=jnp.full((B,), 6.0)))
-  fast = denoise(z, logsnr, Conditioning(motion=jnp.full((B,), 24.0)))
-  assert np.abs(np.asarray(slow - fast)).max() > 1e-3
-  with pytest.raises(ValueError, match="Conditioning has no \\['motion'\\]"):
-    denoise(z, logsnr, Conditioning(fps=jnp.full((B,), 8.0)))

@@ -57,3 +57,19 @@ def test_the_asked_motion_reaches_the_samplers_conditioning(monkeypatch):
   np.testing.assert_array_equal(seen.pop(), [7.5, 7.5])  # the training set's median, from the manifest
   assert protocol["micro_conditioning"] == {"motion": 7.5}
   assert "motion25" in run.default_output_dir("w", {**protocol, "micro_conditioning": {"motion": 25.0}})
+
+
+@pytest.mark.parametrize("micro,conditioned", [(("fps", "motion"), True), (("motion",), False)])
+def test_sample_py_fps_conditions_only_an_fps_conditioned_model(monkeypatch, tmp_path, micro, conditioned):
+  """sample.py --fps sets the files' rate, and for a model micro-conditioned on fps also its value."""
+  seen = {}
+
+  def fake_generate(workdir, **kwargs):
+    seen.update(kwargs)
+    return np.zeros((1, 2, 4, 4, 3), np.float32), {"checkpoint_step": 1}
+
+  monkeypatch.setattr(run.checkpoints, "read_experiment", lambda *a, **k: (_exp(micro), 1, {}))
+  monkeypatch.setattr(run, "generate_from_workdir", fake_generate)
+  monkeypatch.setattr(run, "write_samples", lambda *a, **k: None)
+  run.sample_and_save("w", str(tmp_path), fps=24, motion=5.0)
+  assert seen["motion"] == 5.0 and seen.get("fps") == (24.0 if conditioned else None)

@@ -1,6 +1,6 @@
 """Micro-conditioning on motion, shown: a model trained on slow and fast shapes, asked for either.
 
-    python scripts/motion_demo.py --workdir runs/motion_demo [--num_steps 1500] [--num_samples 32]
+    python scripts/motion_demo.py --workdir runs/motion_demo [--num_steps N] [--num_samples 32]
 
 Trains `configs/default.py:motion` (moving_shapes_speeds: each video slow or fast, its motion score
 stored; model.micro_conditioning=("motion",)) with train.py (resuming a half-trained run, skipping a

@@ -10,6 +10,7 @@ Examples:
     --guidance_weight 1 [--guidance_weight_end 2.5]              classifier-free (rising over frames)
     --cond_frames 2 [--cond_video clip.mp4] --frame_method reconstruction --reconstruction_weight 9
     --num_frames 32 --overlap 4                                  autoregressive extension
+    --motion 24 [--fps 8]                                        micro-conditioning (SVD)
     --cascade runs/base,runs/tsr,runs/ssr [--cascade_aug_levels 0.1]   a cascade (no --workdir)
 Writes MP4 and GIF per sample, grids, a strip PNG, sample.npz (uint8 [N, T, H, W, C]) and
 protocol.json into --output_dir (default WORKDIR/samples/sample_<step>_<sampler><steps>_seed<seed>).
@@ -65,13 +66,19 @@ flags.DEFINE_float("reconstruction_weight", 10.0, "Reconstruction guidance weigh
 flags.DEFINE_integer("num_frames", None, "Total frames; more than the training length extends.")
 flags.DEFINE_integer("overlap", None, "Frames of the previous block each extension block sees.")
 flags.DEFINE_integer("progress_chunks", 8, "Jitted chunks of the step loop (a log line after each).")
-flags.DEFINE_integer("fps", None, "Frames per second of the video files; default the config's.")
+flags.DEFINE_integer("fps", None, "Frames per second of the video files; default the config's. A "
+                     "model micro-conditioned on fps is also conditioned on it (default: the training "
+                     "set's median).")
+flags.DEFINE_float("motion", None, "Motion score to condition on (pixels/s at 64x64, as "
+                   "make_video_dataset.py --curate stores it): more or less motion, for a model "
+                   "trained with model.micro_conditioning=('motion',); default the training set's "
+                   "median.")
 flags.DEFINE_bool("strict_checkpoints", False, "Stop with an error when the latest checkpoint is "
                   "damaged, instead of sampling from the newest intact one.")
 # Flags passed through as generation.GenerateOptions fields of the same name.
 _OPTION_FLAGS = ("num_samples", "batch_size", "seed", "guidance_weight", "guidance_weight_end",
                  "labels", "cond_frames", "cond_video", "cond_split", "frame_method",
-                 "reconstruction_weight", "num_frames", "overlap", "progress_chunks")
+                 "reconstruction_weight", "num_frames", "overlap", "progress_chunks", "motion")
 
 
 def _sample_cascade(options: dict) -> str:

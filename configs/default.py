@@ -12,6 +12,9 @@ being (1,3,3)): 20% slower a step than only at the 8x8 attention level, for a lo
 step and a quarter less colour flicker (colour drift 3.5x real instead of 4.7x). For 32x32 (about 4x
 the FLOPs a step): --config.data.resolution=32 --config.model.image_size=32.
 Variant `configs/default.py:tiny` runs the whole pipeline in about a minute (tests use it).
+Variant `configs/default.py:motion`: micro-conditioning on motion (Stable Video Diffusion) on
+moving_shapes_speeds (slow or fast shapes), 3,000 steps (1,500 learn it only weakly); `sample.py
+--motion X` then asks for more or less motion (scripts/motion_demo.py measures it).
 """
 
 import ml_collections
@@ -31,6 +34,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.sample.update(num_samples=16, sampler="ddim", num_steps=64, fps=8)
   if variant == "tiny":
     shrink_to_tiny(c)
+  elif variant == "motion":
+    c.data.name = "moving_shapes_speeds"
+    c.model.micro_conditioning = ("motion",)
+    c.train.num_steps = 3000
   elif variant:
-    raise ValueError(f"configs/default.py has variants '' and 'tiny', not {variant!r}")
+    raise ValueError(f"configs/default.py has variants '', 'tiny' and 'motion', not {variant!r}")
   return c

@@ -12,7 +12,10 @@ r"""Evaluates generated videos against a dataset split; every number is written 
   # Object-level temporal metrics on moving_shapes, each against the data (docs/TEMPORAL_METRICS.md):
   python scripts/evaluate.py --samples=out/samples.npz --dataset=moving_shapes --resolution=32 \
       --metrics=colour_drift,colour_shift,object_colour_change,object_count_instability,\
-object_size_change,object_acceleration
+object_size_change,object_acceleration,object_speed
+  # Motion conditioning: samples asked for a motion (sample.py --motion) against the data's speed:
+  python scripts/evaluate.py --samples=runs/motion/samples/.../sample.npz --dataset=moving_shapes_speeds \
+      --num_frames=8 --resolution=16 --metrics=object_speed
 
 Writes eval_results.json (beside the samples, in the workdir, or --output): {"summary": one line,
 "metrics": {...}, "protocol": {generated, real, fvd, frame_prediction, colour_drift, temporal, versions,

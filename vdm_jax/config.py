@@ -331,6 +331,10 @@ def _check_model_fits_data(exp: ExperimentConfig, info: DatasetInfo) -> None:
   if exp.model.num_classes and info.num_classes > exp.model.num_classes:
     raise ValueError(f"dataset {info.name!r} has {info.num_classes} classes; set "
                      f"model.num_classes >= {info.num_classes}")
+  missing = [n for n in exp.model.micro_conditioning if n not in info.micro_medians]
+  if missing:
+    raise ValueError(f"model.micro_conditioning={exp.model.micro_conditioning} but dataset {info.name!r} "
+                     f"stores no {missing}; use a dataset that does (moving_shapes_speeds, folder/<name>)")
   if exp.train.cond_frames:
     if exp.model.cond_channels != info.channels:
       raise ValueError(f"train.cond_frames={exp.train.cond_frames} needs model.cond_channels="

@@ -30,6 +30,9 @@ class Conditioning:
       (or lower frame rate) video upsampled to the output shape and noised (vdm_jax.superres).
     aug_level: float [B], the augmentation noise level of `lowres`, in the model's normalised
       noise-level units (0 = clean, 1 = pure noise).
+    fps: float [B], the clip's frame rate, for a model with "fps" in model.micro_conditioning.
+    motion: float [B], the clip's motion score (data.curation.motion_score), for a model with
+      "motion" in model.micro_conditioning. Never dropped by guidance (like `lowres`).
   """
   labels: jax.Array | None = None
   cond_frames: jax.Array | None = None
@@ -37,6 +40,18 @@ class Conditioning:
   image_mask: jax.Array | None = None
   lowres: jax.Array | None = None
   aug_level: jax.Array | None = None
+  fps: jax.Array | None = None
+  motion: jax.Array | None = None
+
+  def micro(self, names: tuple[str, ...]) -> jax.Array | None:
+    """The micro-conditioning values [B, len(names)] float32 in the order of `names` (a model's
+    micro_conditioning); None when names is empty; ValueError when one is missing."""
+    if not names:
+      return None
+    missing = [n for n in names if getattr(self, n) is None]
+    if missing:
+      raise ValueError(f"the model is micro-conditioned on {names} but Conditioning has no {missing}.")
+    return jnp.stack([jnp.asarray(getattr(self, n), jnp.float32) for n in names], axis=-1)
 
 
 def make_denoise_fn(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, *,
@@ -63,6 +78,9 @@ def make_denoise_fn(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, 
     # The super-resolution inputs only when present: a backbone without them serves other models.
     sr = {} if cond.lowres is None and cond.aug_level is None else dict(
         lowres=cond.lowres, aug_level=cond.aug_level)
+    names = getattr(model.config, "micro_conditioning", ())
+    if names:
+      sr["micro"] = cond.micro(names)
     return model(z, noise_level_from_logsnr(logsnr), deterministic=deterministic,
                  labels=cond.labels, cond_frames=cond.cond_frames, cond_mask=cond.cond_mask,
                  image_mask=cond.image_mask, **sr)

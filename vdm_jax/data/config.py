@@ -112,6 +112,9 @@ class DatasetInfo:
     resolution: (height, width) of the stored frames.
     num_train_examples: examples in config.train_split.
     num_eval_examples: examples in config.eval_split.
+    micro_medians: the micro-conditioning features the dataset stores per clip ('fps',
+      'motion'; registry.MICRO_FEATURES), each with its median over the training split (the
+      default of sample.py's --fps / --motion); {} when it stores none.
   """
   name: str
   num_classes: int
@@ -120,3 +123,4 @@ class DatasetInfo:
   resolution: tuple[int, int]
   num_train_examples: int
   num_eval_examples: int
+  micro_medians: dict[str, float] = dataclasses.field(default_factory=dict)

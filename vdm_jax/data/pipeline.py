@@ -99,10 +99,12 @@ class _ExampleReader:
     return np.concatenate(frames)
 
   def example(self, index: int, rng: np.random.Generator, train: bool
-              ) -> tuple[np.ndarray, int]:
-    """Returns (video float32 [T + K, R, R, C] in [-1, 1], label)."""
+              ) -> tuple[np.ndarray, int, dict[str, float]]:
+    """Returns (video float32 [T + K, R, R, C] in [-1, 1], label, micro): micro holds the
+    micro-conditioning features the dataset stores ('fps', 'motion'; {} when none)."""
     cfg = self.config
-    video, label = self._video(index)
+    raw = self.source[int(index)]
+    video, label = registry.read_video(raw, self.spec), registry.read_label(raw, self.spec)
     start = (random_start(rng, video.shape[0], cfg.num_frames,
                                      cfg.frame_stride) if train else 0)
     clip = temporal_crop(video, cfg.num_frames, cfg.frame_stride,
@@ -112,7 +114,14 @@ class _ExampleReader:
       clip = clip[:, :, ::-1]
     if cfg.image_frames:
       clip = np.concatenate([clip, self._image_frames(rng, clip.shape[-1])])
-    return video_io.to_float(clip), label
+    return video_io.to_float(clip), label, registry.read_micro(raw)
+
+
+def micro_columns(micros: list[dict[str, float]]) -> dict[str, np.ndarray]:
+  """The examples' micro-conditioning features as batch columns float32 [b] ('fps', 'motion':
+  those every example has)."""
+  names = [k for k in registry.MICRO_FEATURES if micros and all(k in m for m in micros)]
+  return {k: np.asarray([m[k] for m in micros], np.float32) for k in names}
 
 
 def _image_mask(batch_size: int, config: DataConfig) -> np.ndarray:
@@ -126,7 +135,8 @@ class TrainIterator(Iterator[Batch]):
   """Infinite iterator over this host's training batches (numpy dicts).
 
   Yields {'video': float32 [b, T + K, R, R, C] in [-1, 1], 'label': int32 [b],
-  'image_mask': bool [b, T + K]}. get_state()/set_state() save and restore the
+  'image_mask': bool [b, T + K]}, plus 'fps' and 'motion' float32 [b] when the dataset stores
+  them (micro-conditioning). get_state()/set_state() save and restore the
   position exactly (the state is the number of batches consumed).
   """
 
@@ -164,16 +174,18 @@ class TrainIterator(Iterator[Batch]):
 
   def make_batch(self, step: int) -> Batch:
     """This host's batch number `step` (a pure function of the step)."""
-    videos, labels = [], []
+    videos, labels, micros = [], [], []
     for g, index in zip(self.stream_positions(step),
                         self.example_indices(step)):
       rng = np.random.default_rng([self.seed, int(g), 0])
-      video, label = self.reader.example(int(index), rng, train=True)
+      video, label, micro = self.reader.example(int(index), rng, train=True)
       videos.append(video)
       labels.append(label)
+      micros.append(micro)
     return {"video": np.stack(videos),
             "label": np.asarray(labels, np.int32),
-            "image_mask": _image_mask(self.batch_size, self.config)}
+            "image_mask": _image_mask(self.batch_size, self.config),
+            **micro_columns(micros)}
 
   def _fill(self) -> None:
     while len(self._pending) < self.config.prefetch:
@@ -332,7 +344,7 @@ def _eval_batches(reader: _ExampleReader, config: DataConfig, batch_size: int,
   for first in range(0, n, batch_size):
     indices = range(first, min(first + batch_size, n))
     pairs = [reader.example(i, np.random.default_rng([EVAL_SEED, i]),
-                            train=False) for i in indices]
+                            train=False)[:2] for i in indices]
     videos = np.stack([v for v, _ in pairs])
     labels = np.asarray([label for _, label in pairs], np.int32)
     pad = batch_size - len(pairs)

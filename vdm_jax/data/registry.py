@@ -14,6 +14,10 @@ from vdm_jax.data.paths import check_folder_name, removed_on_failure
 from vdm_jax.data.tf_setup import tfds
 
 FOLDER_BUILDER_NAME = "video_folder"
+# Micro-conditioning features (Stable Video Diffusion) a dataset may store per clip: the clip's
+# frame rate and motion score (video_folder and moving_shapes_speeds).
+MICRO_FEATURES = ("fps", "motion")
+MEDIAN_EXAMPLES = 512  # train examples read for the medians of the micro features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,8 @@ class DatasetSpec:
 KNOWN_DATASETS: dict[str, DatasetSpec] = {
     "moving_shapes": DatasetSpec("moving_shapes/32", "video", "label", True),
     "moving_shapes_64": DatasetSpec("moving_shapes/64", "video", "label", True),
+    # Slow or fast shapes, with 'fps' and 'motion' features (micro-conditioning).
+    "moving_shapes_speeds": DatasetSpec("moving_shapes/speeds_32", "video", "label", True),
     "moving_digits": DatasetSpec("moving_digits", "video", "label", True),
     "moving_mnist": DatasetSpec("moving_mnist", "image_sequence", None),
     "bair_robot_pushing_small": DatasetSpec(
@@ -151,6 +157,22 @@ def read_label(example: dict[str, Any], spec: DatasetSpec) -> int:
   return 0
 
 
+def read_micro(example: dict[str, Any]) -> dict[str, float]:
+  """The micro-conditioning features (MICRO_FEATURES) a decoded example has, as floats."""
+  return {k: float(example[k]) for k in MICRO_FEATURES if k in example}
+
+
+def micro_medians(source: Sequence[Any], features: Sequence[str]) -> dict[str, float]:
+  """Median of each micro feature the dataset stores, over its first MEDIAN_EXAMPLES examples
+  (evenly spaced over the split); {} when it stores none."""
+  names = [k for k in MICRO_FEATURES if k in features]
+  if not names or not len(source):
+    return {}
+  picks = np.unique(np.linspace(0, len(source) - 1, min(len(source), MEDIAN_EXAMPLES)).astype(int))
+  values = [read_micro(source[int(i)]) for i in picks]
+  return {k: float(np.median([v[k] for v in values])) for k in names}
+
+
 def dataset_info(config: DataConfig) -> DatasetInfo:
   """Cheap facts about config's dataset (metadata and indexes only).
 
@@ -171,7 +193,8 @@ def dataset_info(config: DataConfig) -> DatasetInfo:
       name=config.name, num_classes=int(num_classes), num_frames=shape[0],
       channels=int(shape[-1]) if shape[-1] else 3,
       resolution=(shape[1], shape[2]), num_train_examples=len(train),
-      num_eval_examples=len(evals))
+      num_eval_examples=len(evals),
+      micro_medians=micro_medians(train, tuple(features.keys())))
   span = (config.num_frames - 1) * config.frame_stride + 1
   if info.num_frames is not None and span > info.num_frames:
     raise ValueError(

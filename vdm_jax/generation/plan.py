@@ -19,6 +19,7 @@ from vdm_jax.metrics import video_io
 from vdm_jax.parallel.host import check_fits_in_memory
 
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(diffusion.SamplerConfig))
+MICRO_OPTIONS = ("fps", "motion")  # GenerateOptions fields that condition a micro-conditioned model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,11 @@ class GenerateOptions:
       cond frames of a frame-conditioned model, else half the training length.
     batch_size: videos per compiled call (rounded up to divide over the devices); None -> N.
     progress_chunks: the step loop runs in this many jitted chunks, logging after each.
+    motion: the motion score every sample is conditioned on (data.curation.motion_score: pixels
+      per second at 64x64), for a model with "motion" in model.micro_conditioning; None -> the
+      training set's median (data.dataset_info's micro_medians, also in the run's manifest).
+    fps: the frame rate every sample is conditioned on, for a model with "fps" in
+      model.micro_conditioning; None -> the training set's median.
   """
   num_samples: int = 8
   sampling: diffusion.SamplerConfig | None = None
@@ -66,6 +72,8 @@ class GenerateOptions:
   overlap: int | None = None
   batch_size: int | None = None
   progress_chunks: int = 8
+  motion: float | None = None
+  fps: float | None = None
 
 
 def options_from(exp: ExperimentConfig, **kwargs: Any) -> GenerateOptions:
@@ -112,6 +120,7 @@ class Plan:
   batch_size: int
   num_batches: int
   shape: tuple[int, int, int, int]  # [T, H, W, C]
+  micro: tuple[tuple[str, float], ...] = ()  # (name, value) of each micro-conditioning scalar
 
   @property
   def num_blocks(self) -> int:
@@ -120,13 +129,16 @@ class Plan:
     return 1 if extra <= 0 else 1 + -(-extra // (t - self.overlap))
 
 
-def plan(exp: ExperimentConfig, opts: GenerateOptions, num_devices: int) -> Plan:
+def plan(exp: ExperimentConfig, opts: GenerateOptions, num_devices: int,
+         micro_medians: dict[str, float] | None = None) -> Plan:
   """Fills in defaults and rejects options the model cannot take, before anything compiles.
 
   Args:
     exp: the ExperimentConfig the model was trained with.
     opts: what to sample.
     num_devices: devices the batch is split over (the batch is rounded up to a multiple).
+    micro_medians: the training set's micro-conditioning medians (the defaults of opts.motion /
+      opts.fps), as the run's manifest records them; None -> read from the dataset when needed.
 
   Raises:
     ValueError: naming the option and what to change (also: samples that clearly cannot fit in
@@ -144,7 +156,33 @@ def plan(exp: ExperimentConfig, opts: GenerateOptions, num_devices: int) -> Plan
   shape = (t, exp.data.resolution, exp.data.resolution, exp.model.out_channels)
   _check_sample_memory(opts.num_samples, total, shape)
   return Plan(opts.sampling or default_sampler_config(exp), float(w), t, total, k, method,
-              overlap, batch, -(-opts.num_samples // batch), shape)
+              overlap, batch, -(-opts.num_samples // batch), shape,
+              micro_values(exp, opts, micro_medians))
+
+
+def micro_values(exp: ExperimentConfig, opts: GenerateOptions,
+                 medians: dict[str, float] | None = None) -> tuple[tuple[str, float], ...]:
+  """(name, value) of each of the model's micro-conditioning scalars: the option, else the training
+  set's median (`medians`, else data.dataset_info's). ValueError for a value the model was not
+  trained with, or a negative one."""
+  names = exp.model.micro_conditioning
+  given = {n: getattr(opts, n) for n in MICRO_OPTIONS if getattr(opts, n) is not None}
+  extra = sorted(set(given) - set(names))
+  if extra:
+    raise ValueError(f"--{extra[0]} was given but the model was not trained with {extra[0]} "
+                     f"conditioning (model.micro_conditioning={names}); drop --{extra[0]}")
+  bad = {n: v for n, v in given.items() if not 0.0 <= v < float("inf")}
+  if bad:
+    raise ValueError(f"micro-conditioning values must be finite and >= 0, got {bad}")
+  if set(names) - set(given):
+    if not set(names) - set(given) <= set(medians or {}):
+      medians = data.dataset_info(exp.data).micro_medians
+    given.update({n: medians[n] for n in names if n not in given and n in medians})
+  missing = [n for n in names if n not in given]
+  if missing:
+    raise ValueError(f"no default for {missing}: dataset {exp.data.name!r} stores none; pass "
+                     f"--{missing[0]}")
+  return tuple((n, float(given[n])) for n in names)
 
 
 def _check_sample_memory(num_samples: int, total_frames: int, shape: tuple[int, ...]) -> None:

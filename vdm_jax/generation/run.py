@@ -147,10 +147,13 @@ class _BlockSampler:
 
   def __call__(self, params: nnx.State, rng: jax.Array, first: int, x_known: np.ndarray,
                mask: np.ndarray, labels: np.ndarray | None, tag: str,
-               lowres: tuple[np.ndarray, float] | None = None) -> jax.Array:
+               lowres: tuple[np.ndarray, float] | None = None,
+               micro: tuple[tuple[str, float], ...] = ()) -> jax.Array:
     """x [B, T, H, W, C] in [-1, 1] for samples first .. first + B - 1; known frames (mask [B, T]
-    = 1) equal x_known; lowres: a cascade stage's (noised conditioning [B, T, H, W, C], level).
-    A sample's initial noise depends on the seed and its index only."""
+    = 1) equal x_known; lowres: a cascade stage's (noised conditioning [B, T, H, W, C], level);
+    micro: (name, value) of each micro-conditioning scalar (the same for every sample; traced, so
+    another value does not compile again). A sample's initial noise depends on the seed and its
+    index only."""
     x_known_g, mask_g = _global(x_known, self.sharding), _global(mask, self.sharding)
     cond = frame_condition(x_known_g, mask_g) if self.exp.model.cond_channels else Conditioning()
     if labels is not None:
@@ -159,6 +162,8 @@ class _BlockSampler:
       level = np.full((len(lowres[0]),), lowres[1], np.float32)
       cond = cond.replace(lowres=_global(lowres[0], self.sharding),
                           aug_level=_global(level, self.sharding))
+    for name, value in micro:
+      cond = cond.replace(**{name: _global(np.full((len(mask),), value, np.float32), self.sharding)})
     rng_noise, rng_loop = jax.random.split(rng)
     z = self.noise_fn(rng_noise, np.int32(first), self.batch_shape)
     z = diffusion.initial_carry(z, self.sampler_config)  # (z, x_prev) for a multistep sampler
@@ -194,7 +199,7 @@ def _sample_batch(sampler: _BlockSampler, p: Plan, params: nnx.State, rng: jax.A
       x_known, mask = np.zeros_like(x_known), np.zeros_like(mask)
       x_known[:, :p.overlap], mask[:, :p.overlap] = video[:, -p.overlap:], 1.0
     new = _host(sampler(params, jax.random.fold_in(rng, block), first, x_known, mask, labels,
-                        f"{tag} block {block + 1}/{p.num_blocks}", lowres))
+                        f"{tag} block {block + 1}/{p.num_blocks}", lowres, p.micro))
     video = new if video is None else np.concatenate([video, new[:, p.overlap:]], axis=1)
   return video[:, :p.total_frames]
 
@@ -214,7 +219,7 @@ def generate(model: SamplingModel, opts: GenerateOptions, lowres: np.ndarray | N
       dataset split (pop it before writing JSON).
   """
   exp = model.exp
-  p = plan(exp, opts, num_batch_devices(model.mesh.shape))
+  p = plan(exp, opts, num_batch_devices(model.mesh.shape), _medians(model.manifest))
   known, data_labels, ground_truth = conditioning_clips(exp, opts, p)
   sr = stage_input(exp, opts, p, lowres, aug_level)
   if sr is not None and sr.ground_truth is not None:
@@ -246,6 +251,11 @@ def generate(model: SamplingModel, opts: GenerateOptions, lowres: np.ndarray | N
   return videos, protocol
 
 
+def _medians(manifest: dict) -> dict[str, float] | None:
+  """The training set's micro-conditioning medians the manifest recorded (None: not recorded)."""
+  return (manifest.get("dataset") or {}).get("micro_medians")
+
+
 def _protocol(model: SamplingModel, opts: GenerateOptions, p: Plan, labels: np.ndarray | None,
               seconds: float, compilations: int) -> dict[str, Any]:
   """The JSON-ready record of what was sampled, how, and on what."""
@@ -270,6 +280,7 @@ def _protocol(model: SamplingModel, opts: GenerateOptions, p: Plan, labels: np.n
                   "kind": device.device_kind, "processes": jax.process_count()},
       "mesh": {k: int(v) for k, v in model.mesh.shape.items()},
       "compilations": compilations, "seconds": round(seconds, 3),
+      "micro_conditioning": dict(p.micro),
   }
 
 
@@ -298,20 +309,21 @@ def generate_from_workdir(workdir: str, num_samples: int = 8, *, use_ema: bool =
       conditioning video of the wrong length or resolution; checkpoints.CheckpointDamaged (a
       ValueError): see restore_model.
   """
-  exp, first, _ = checkpoints.read_experiment(workdir, step, fallback=fallback)
+  exp, first, manifest = checkpoints.read_experiment(workdir, step, fallback=fallback)
   opts = options_from(exp, num_samples=num_samples, **options)
   check_cond_video(opts)
-  plan(exp, opts, len(devices or jax.devices()))  # option errors before reading any array
+  plan(exp, opts, len(devices or jax.devices()), _medians(manifest))  # option errors, before any array
   model = _restore_model(workdir, first, step is None and fallback, use_ema, devices)
   videos, protocol = generate(model, opts)
   return videos, {"workdir": os.path.abspath(workdir), **protocol}
 
 
 def default_output_dir(workdir: str, protocol: dict[str, Any]) -> str:
-  """workdir/samples/sample_<step>_<sampler><steps>[_cfg<w>][_<method><k>][_T<frames>]_seed<seed>.
+  """workdir/samples/sample_<step>_<sampler><steps>[_cfg<w>][_<method><k>][_T<frames>][_motion<m>]
+  [_fps<f>]_seed<seed>.
 
-  Sampler, steps, guidance, frame conditioning, length and seed are in the name, so such runs
-  don't overwrite each other; other options (eta, gamma, labels, ...) need --output_dir.
+  Sampler, steps, guidance, frame conditioning, length, micro-conditioning and seed are in the name,
+  so such runs don't overwrite each other; other options (eta, gamma, labels, ...) need --output_dir.
   """
   parts = [f"sample_{protocol['checkpoint_step']:08d}",
            f"{protocol['sampler']}{protocol['num_steps']}"]
@@ -321,6 +333,7 @@ def default_output_dir(workdir: str, protocol: dict[str, Any]) -> str:
     parts.append(f"{protocol['frame_method']}{protocol['cond_frames']}")
   if protocol.get("num_frames", 0) > protocol.get("train_num_frames", 0):
     parts.append(f"T{protocol['num_frames']}")
+  parts += [f"{name}{value:g}" for name, value in protocol.get("micro_conditioning", {}).items()]
   parts.append(f"seed{protocol['seed']}")
   return os.path.join(os.path.abspath(workdir), "samples", "_".join(parts))
 
@@ -354,12 +367,18 @@ def sample_and_save(workdir: str, output_dir: str | None = None, *, fps: int | N
   Args:
     workdir: the training run's --workdir.
     output_dir: where to write; None -> `default_output_dir`.
-    fps: frames per second of the video files; None -> the training config's sample.fps.
+    fps: frames per second of the video files; None -> the training config's sample.fps. A model
+      micro-conditioned on "fps" is also conditioned on it (None: the training set's median).
     **kwargs: generate_from_workdir's arguments.
 
   Returns:
     (output_dir, protocol without the ground truth).
   """
+  if fps is not None and "fps" not in kwargs:
+    exp, _, _ = checkpoints.read_experiment(workdir, kwargs.get("step"),
+                                            fallback=kwargs.get("fallback", True))
+    if "fps" in exp.model.micro_conditioning:
+      kwargs["fps"] = float(fps)
   videos, protocol = generate_from_workdir(workdir, **kwargs)
   ground_truth = protocol.pop("ground_truth", None)
   output_dir = output_dir or default_output_dir(workdir, protocol)

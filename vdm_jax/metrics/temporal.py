@@ -22,6 +22,9 @@ unmatched. Values are in [0, 1] colour units; per video, then the mean over the 
                             |x_{t+1} - 2 x_t + x_{t-1}| / frame side, leaving out an axis where the
                             object came within one frame's travel (its speed on that axis, at most
                             MAX_SPEED x side, + 1.5 px) of a wall: bounces are the data.
+  object_speed              mean over matched pairs (t, t+1) of || x_{t+1} - x_t ||_2 in pixels per
+                            frame, x = an object's centroid: how fast things move (not a change:
+                            the value to compare with the data's, e.g. for motion conditioning).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from scipy import ndimage, optimize
 from vdm_jax.metrics import video_io
 
 TEMPORAL_METRICS = ("colour_shift", "object_colour_change", "object_count_instability",
-                    "object_size_change", "object_acceleration")
+                    "object_size_change", "object_acceleration", "object_speed")
 THRESHOLD = 0.25  # [0, 1] units above the background: moving_shapes' colours all have a channel >= 240
 MAX_DISTANCE = 0.3  # fraction of the frame side an object may move between frames (data: <= 0.08)
 MAX_SPEED = 0.08  # moving_shapes' top speed, fraction of the side per frame: caps the bounce margin
@@ -48,6 +51,7 @@ PROTOCOL = {
     "tracks": f"Hungarian matching of centroids of consecutive frames, gate {MAX_DISTANCE} x frame side",
     "aggregate": "per video, then the mean over videos that have a value; ratio = generated / real",
     "definitions": "vdm_jax/metrics/temporal.py, docs/TEMPORAL_METRICS.md",
+    "speed": "object_speed: mean centroid move of matched pairs, pixels per frame",
 }
 
 
@@ -235,6 +239,8 @@ def _chunk_stats(videos: np.ndarray, threshold: float, min_area: int | None,
   out["object_colour_change"] = _per_video(colour_change, video, n)
   area_i, area_j = objects.area[i], objects.area[j]
   out["object_size_change"] = _per_video(np.abs(area_j - area_i) / (0.5 * (area_i + area_j)), video, n)
+  out["object_speed"] = _per_video(
+      np.linalg.norm(objects.centroid[j] - objects.centroid[i], axis=-1), video, n)
   accel, keep, frame = _acceleration(objects, following)
   rows = np.nonzero(keep)[0]
   out["object_acceleration"] = _per_video(accel[keep], frame[rows] // t, n)

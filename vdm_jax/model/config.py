@@ -24,6 +24,8 @@ POSITION = ("rope", "learned")
 # Attention kernels: the project's einsum reference, jax.nn.dot_product_attention's XLA or cuDNN flash
 # implementation, or "auto" (cuDNN on GPU with a 16-bit dtype, XLA elsewhere).
 ATTENTION_IMPL = ("reference", "xla", "cudnn", "auto")
+# Micro-conditioning (Stable Video Diffusion): per-clip scalars a model may be conditioned on.
+MICRO_CONDITIONING = ("fps", "motion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,10 @@ class ModelConfig:
     attention_impl: "reference" (einsum, softmax in float32), "xla" or "cudnn"
       (jax.nn.dot_product_attention's implementations) or "auto" (cudnn on GPU with a 16-bit dtype,
       else xla). The parameters are the same under every choice.
+    micro_conditioning: per-clip scalars the model is conditioned on (Stable Video Diffusion's
+      micro-conditioning), from MICRO_CONDITIONING: "fps" (frame rate) and "motion" (motion
+      score); each is embedded like the noise level (sinusoidal features of log1p(value), an MLP
+      of its own, added to the embedding). () = none: no parameters, outputs as before.
   """
 
   in_channels: int = 3
@@ -125,10 +131,15 @@ class ModelConfig:
   # Cascade super-resolution stage (vdm_jax.superres).
   lowres_channels: int = 0
   attention_impl: str = "reference"
+  micro_conditioning: tuple[str, ...] = ()
 
   def __post_init__(self):
     for name in ("channel_mult", "attention_resolutions", "temporal_downsample"):
       object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+    if isinstance(self.micro_conditioning, str):
+      raise ValueError(f"ModelConfig.micro_conditioning={self.micro_conditioning!r} must be a tuple of "
+                       f"names from {MICRO_CONDITIONING}, e.g. ('motion',).")
+    object.__setattr__(self, "micro_conditioning", tuple(str(v) for v in self.micro_conditioning))
     self._check_static()
 
   # ---- derived values ----
@@ -168,6 +179,10 @@ class ModelConfig:
       if getattr(self, name) not in allowed:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}.")
     self._check_positive(("in_channels", "out_channels", "emb_mlp_layers", "image_size"))
+    micro = self.micro_conditioning
+    if set(micro) - set(MICRO_CONDITIONING) or len(set(micro)) != len(micro):
+      raise ValueError(f"ModelConfig.micro_conditioning={micro} must name distinct features from "
+                       f"{MICRO_CONDITIONING}.")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"ModelConfig.dropout={self.dropout} must be in [0, 1).")
     if self.num_classes < 0 or self.cond_channels < 0 or self.attention_chunk_size < 0:

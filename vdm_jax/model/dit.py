@@ -200,7 +200,8 @@ class DiT(nnx.Module):
   def __call__(self, z: jax.Array, noise_level: jax.Array, *, labels: jax.Array | None = None,
                cond_frames: jax.Array | None = None, cond_mask: jax.Array | None = None,
                image_mask: jax.Array | None = None, lowres: jax.Array | None = None,
-               aug_level: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               aug_level: jax.Array | None = None, micro: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
     """Predicts v (or eps / x, see config.prediction) for a noisy video; arguments as `UNet`'s.
 
     Args:
@@ -215,14 +216,17 @@ class DiT(nnx.Module):
         a traced one is ignored, and the config check refuses data.image_frames > 0).
       lowres: [B, T, H, W, lowres_channels], aug_level: [B]: a cascade stage's upsampled, noised
         conditioning video and its augmentation level. Required iff lowres_channels > 0.
+      micro: [B, len(micro_conditioning)] float, the clip's micro-conditioning values (fps,
+        motion) in the config's order. Required iff micro_conditioning.
       deterministic: False enables dropout (draws from the 'default' rng stream).
     Returns:
       [B, T, H, W, out_channels] float32.
     """
     cfg = self.config
-    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask, lowres, aug_level)
+    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask, lowres, aug_level,
+                 micro)
     frame_mask = self._frame_mask(image_mask)
-    emb = self.embed(noise_level, labels, aug_level)  # [B, E] float32
+    emb = self.embed(noise_level, labels, aug_level, micro)  # [B, E] float32
     x = assemble_inputs(cfg, z, cond_frames, cond_mask, lowres)
     pt, p = cfg.temporal_patch_size, cfg.patch_size
     h = self.patch_embed(patchify(x, pt, p)).astype(jnp.float32)  # [B, Nt, Nh, Nw, D]

@@ -4,7 +4,9 @@ The noise-level/class embedding, the input channels (the noisy video plus any co
 concatenated as channels) and the checks of the conditioning arguments against the model config.
 A cascade super-resolution stage (lowres_channels > 0) also gets its conditioning video `lowres`
 [B, T, H, W, lowres_channels] as channels and its augmentation level `aug_level` [B] embedded like
-the noise level (sinusoidal features, own MLP, added to the embedding).
+the noise level (sinusoidal features, own MLP, added to the embedding). So is each micro-conditioning
+scalar (model.micro_conditioning: the clip's "fps", "motion"; `micro` [B, n] in that order), from
+log1p(value) (MICRO_SCALE spreads it over the noise level's range of arguments).
 A backbone (U-Net, DiT) calls these, so a new kind of conditioning is added here once.
 """
 
@@ -17,6 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdm_jax.model.layers import Dense, sinusoidal_embedding
+
+MICRO_SCALE = 100.0  # sinusoidal scale of log1p(micro value): log1p in [0, ~7] -> arguments [0, ~700]
 
 
 class Embedding(nnx.Module):
@@ -41,14 +45,23 @@ class Embedding(nnx.Module):
         logical_axes=("vocab", "embed")) if config.num_classes else None
     self.aug_mlp = nnx.List([Dense(a, b, rngs=rngs, **kw) for a, b in zip(dims[:-1], dims[1:])]
                             ) if config.lowres_channels else None
+    # Created last, and only when asked: a model without micro-conditioning keeps its parameters.
+    micro = getattr(config, "micro_conditioning", ())
+    self.micro_mlps = nnx.List([
+        nnx.List([Dense(a, b, rngs=rngs, **kw) for a, b in zip(dims[:-1], dims[1:])])
+        for _ in micro]) if micro else None
 
   def __call__(self, noise_level: jax.Array, labels: jax.Array | None,
-               aug_level: jax.Array | None = None) -> jax.Array:
+               aug_level: jax.Array | None = None, micro: jax.Array | None = None) -> jax.Array:
     h = _mlp(self.mlp, sinusoidal_embedding(noise_level, self.sin_dim))
     if self.label_emb is not None:
       h = h + self.label_emb[...].astype(jnp.float32)[labels]
     if self.aug_mlp is not None:
       h = h + _mlp(self.aug_mlp, sinusoidal_embedding(aug_level, self.sin_dim))
+    if self.micro_mlps is not None:
+      u = jnp.log1p(jnp.maximum(micro.astype(jnp.float32), 0.0))  # [B, n]
+      for i, layers in enumerate(self.micro_mlps):
+        h = h + _mlp(layers, sinusoidal_embedding(u[:, i], self.sin_dim, MICRO_SCALE))
     return h  # [B, E] float32
 
 
@@ -80,7 +93,7 @@ def assemble_inputs(cfg: Any, z: jax.Array, cond_frames: jax.Array | None,
 
 
 def check_inputs(cfg: Any, z, noise_level, labels, cond_frames, cond_mask, image_mask,
-                 lowres=None, aug_level=None) -> None:
+                 lowres=None, aug_level=None, micro=None) -> None:
   """ValueError saying what to pass when the arguments do not match the model config."""
   if z.ndim != 5 or z.shape[-1] != cfg.in_channels:
     raise ValueError(f"z must be [B, T, H, W, {cfg.in_channels}], got {z.shape}.")
@@ -102,6 +115,7 @@ def check_inputs(cfg: Any, z, noise_level, labels, cond_frames, cond_mask, image
   elif cond_frames is not None or cond_mask is not None:
     raise ValueError("cond_frames given but cond_channels=0; set cond_channels in the config.")
   _check_lowres(cfg, z.shape, lowres, aug_level)
+  _check_micro(cfg, b, micro)
   if image_mask is not None:
     if image_mask.shape != (b, t):
       raise ValueError(f"image_mask must be [B, T]={(b, t)}, got {image_mask.shape}.")
@@ -124,3 +138,16 @@ def _check_lowres(cfg: Any, z_shape: tuple[int, ...], lowres, aug_level) -> None
   if lowres.shape != want or aug_level.shape != z_shape[:1]:
     raise ValueError(f"lowres must be {want} and aug_level {z_shape[:1]}; got {lowres.shape} and "
                      f"{aug_level.shape}.")
+
+
+def _check_micro(cfg: Any, b: int, micro) -> None:
+  """The micro-conditioning scalars [B, len(micro_conditioning)], and only for a model that has them."""
+  names = getattr(cfg, "micro_conditioning", ())
+  if not names:
+    if micro is not None:
+      raise ValueError("micro given but model.micro_conditioning=(); set it (e.g. ('motion',)).")
+    return
+  if micro is None or micro.shape != (b, len(names)):
+    got = None if micro is None else micro.shape
+    raise ValueError(f"model.micro_conditioning={names}: pass micro [B, {len(names)}]=({b}, "
+                     f"{len(names)}) (the values in that order), got {got}.")

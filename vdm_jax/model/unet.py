@@ -133,7 +133,8 @@ class UNet(nnx.Module):
   def __call__(self, z: jax.Array, noise_level: jax.Array, *, labels: jax.Array | None = None,
                cond_frames: jax.Array | None = None, cond_mask: jax.Array | None = None,
                image_mask: jax.Array | None = None, lowres: jax.Array | None = None,
-               aug_level: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               aug_level: jax.Array | None = None, micro: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
     """Predicts v (or eps / x, see config.prediction) for a noisy video.
 
     Args:
@@ -146,13 +147,16 @@ class UNet(nnx.Module):
       image_mask: bool [B, T]; True = independent image frame (identity temporal attention).
       lowres: [B, T, H, W, lowres_channels], a cascade stage's (noised) conditioning video;
         aug_level: [B] float, its augmentation noise level. Required iff lowres_channels > 0.
+      micro: [B, len(micro_conditioning)] float, the clip's micro-conditioning values (fps,
+        motion) in the config's order. Required iff micro_conditioning.
       deterministic: False enables dropout (draws from the 'default' rng stream).
     Returns:
       [B, T, H, W, out_channels] float32.
     """
     cfg = self.config
-    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask, lowres, aug_level)
-    emb = self.embed(noise_level, labels, aug_level)
+    check_inputs(cfg, z, noise_level, labels, cond_frames, cond_mask, image_mask, lowres, aug_level,
+                 micro)
+    emb = self.embed(noise_level, labels, aug_level, micro)
     x = assemble_inputs(cfg, z, cond_frames, cond_mask, lowres)
     h = constrain(_frames(self.conv_in, x.astype(jnp.dtype(cfg.dtype))), ACT_AXES)
     hs = [h]

@@ -27,7 +27,8 @@ def training_condition(batch: dict, rng: jax.Array, model_cfg: ModelConfig, trai
   A cascade super-resolution stage (model.lowres_channels > 0) is conditioned on its own clip
   degraded and upsampled back (superres.lowres_of), noised at a level drawn per example
   (noise-conditioning augmentation: the conditioning only; the clip to denoise is untouched). The
-  lowres conditioning is never dropped.
+  lowres conditioning is never dropped; nor are the micro-conditioning values (batch 'fps',
+  'motion', for the names in model.micro_conditioning).
 
   Returns:
     the Conditioning and the loss frame mask [B, T] (None = every frame counts).
@@ -48,6 +49,11 @@ def training_condition(batch: dict, rng: jax.Array, model_cfg: ModelConfig, trai
       raise ValueError("model.lowres_channels > 0 needs a cascade section with a factor > 1")
     lowres, aug_level = training_lowres(video, jax.random.fold_in(rng, 2), cascade_cfg)
     cond = cond.replace(lowres=lowres, aug_level=aug_level)
+  for name in model_cfg.micro_conditioning:  # the clip's own values (never dropped)
+    if name not in batch:
+      raise ValueError(f"model.micro_conditioning has {name!r} but the batch has no {name!r}: use a "
+                       "dataset that stores it (moving_shapes_speeds, folder/<name>)")
+    cond = cond.replace(**{name: batch[name].astype(jnp.float32)})
   if model_cfg.num_classes:
     drop = jax.random.bernoulli(k_cls, train_cfg.class_dropout, (b,))
     labels = jnp.where(drop, model_cfg.num_classes, batch["label"]).astype(jnp.int32)
@@ -85,7 +91,8 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """train_step(state, batch) -> (state, metrics); pure, for jax.jit with donated state.
 
-  batch: video float32 [B, T, H, W, C] in [-1, 1], label int32 [B], image_mask bool [B, T].
+  batch: video float32 [B, T, H, W, C] in [-1, 1], label int32 [B], image_mask bool [B, T]; fps,
+  motion float32 [B] for a micro-conditioned model.
   A step whose loss or gradient is not finite leaves params, EMA and optimizer state unchanged
   (metrics['finite'] is False), so no non-finite value ever enters the state.
   """

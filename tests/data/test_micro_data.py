@@ -2,6 +2,8 @@
 features, the batch columns, the training-set medians, and the config error for a dataset without
 them. No dataset is built: sources are lists of examples."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,13 @@ def test_batches_carry_fps_and_motion_when_the_dataset_has_them(monkeypatch, mic
   medians = registry.micro_medians(examples, ("video", "fps", "motion"))
   assert medians == {"fps": 8.0, "motion": pytest.approx(np.median([e["motion"] for e in examples]))}
   assert registry.micro_medians(examples, ("video",)) == {}
+  pytest.importorskip("grain")  # the grain loader carries the same columns (in-process reader)
+  it = pipeline.create_train_iterator(dataclasses.replace(config, loader="grain", num_workers=0), 4,
+                                      seed=0, process_index=0, process_count=1)
+  grain_batch = next(it)
+  it.close()
+  assert grain_batch["motion"].dtype == np.float32 and grain_batch["fps"].shape == (4,)
+  assert set(grain_batch["motion"].tolist()) <= {np.float32(e["motion"]) for e in examples}
 
 
 def test_a_micro_conditioned_model_needs_a_dataset_that_stores_the_feature():

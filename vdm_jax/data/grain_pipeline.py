@@ -48,7 +48,8 @@ class ExampleReader(Protocol):
 
   def __len__(self) -> int: ...
 
-  def example(self, index: int, rng: np.random.Generator, train: bool) -> tuple[np.ndarray, int]: ...
+  def example(self, index: int, rng: np.random.Generator,
+              train: bool) -> tuple[np.ndarray, int, dict[str, float]]: ...
 
 
 ReaderFactory = Callable[[DataConfig, str], ExampleReader]  # (config, split) -> reader; picklable
@@ -60,7 +61,7 @@ def grain_available() -> bool:
 
 
 class _Preprocess:
-  """grain random_map: stream element (a dataset index) -> {'video', 'label'} from the reader.
+  """grain random_map: stream element (a dataset index) -> {'video', 'label'(, 'fps', 'motion')}.
 
   Pickled into the worker processes without its reader (TFDS sources are opened per process).
   """
@@ -75,8 +76,9 @@ class _Preprocess:
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     if self._reader is None:
       self._reader = self.make_reader(self.config, self.config.train_split)
-    video, label = self._reader.example(int(index), rng, train=True)
-    return {"video": video, "label": np.int32(label)}
+    video, label, micro = self._reader.example(int(index), rng, train=True)
+    return {"video": video, "label": np.int32(label),
+            **{k: np.float32(v) for k, v in micro.items()}}  # 'fps', 'motion' when stored
 
 
 def _check_flags_parsed() -> None:
@@ -136,7 +138,7 @@ class GrainTrainIterator:
   def __next__(self) -> Batch:
     batch = next(self._iter)
     self._step += 1
-    return {"video": batch["video"], "label": batch["label"], "image_mask": self._mask.copy()}
+    return {**batch, "image_mask": self._mask.copy()}  # video, label (, fps, motion)
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position: grain's iterator state plus the fields checked on resume."""

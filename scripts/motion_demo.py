@@ -1,6 +1,6 @@
 """Micro-conditioning on motion, shown: a model trained on slow and fast shapes, asked for either.
 
-    python scripts/motion_demo.py --workdir runs/motion_demo [--num_steps N] [--num_samples 32]
+    python scripts/motion_demo.py --workdir runs/motion_demo [--num_steps N] [--num_samples 256]
 
 Trains `configs/default.py:motion` (moving_shapes_speeds: each video slow or fast, its motion score
 stored; model.micro_conditioning=("motion",)) with train.py (resuming a half-trained run, skipping a
@@ -31,7 +31,7 @@ from vdm_jax.metrics import temporal, video_io  # noqa: E402
 CONFIG = "configs/default.py:motion"
 _WORKDIR = flags.DEFINE_string("workdir", "runs/motion_demo", "Where the run, samples and results go.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Training steps; default the config's.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 32, "Videos sampled at each motion value.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 256, "Videos sampled at each motion value.")
 _NUM_REAL = flags.DEFINE_integer("num_real", 256, "Real test clips measured (split into slow / fast).")
 
 

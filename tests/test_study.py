@@ -172,3 +172,29 @@ def test_rows_that_differ_only_in_sampling_share_one_training(tmp_path):
                            '"w": {"train_as": "eps", "train.num_steps": 9}}')
   with pytest.raises(ConfigError, match="cannot change the config"):
     study_lib.load_study(_study_file(tmp_path, body=bad))
+
+
+def test_a_run_starts_from_an_earlier_runs_workdir_of_the_same_seed(tmp_path):
+  # Claim 5's rows: "@run:NAME" in an override is NAME's workdir for the same seed.
+  body = STUDY_FILE.replace('"diffusion.weighting": "eps"}}', '"diffusion.weighting": "eps"}, '
+                            '"from_v": {"train.init_from": "@run:v", "optim.trainable": "temporal"}}')
+  study = study_lib.load_study(_study_file(tmp_path, seeds=(0, 1), body=body), only=["from_v"])
+  runner = FakeRunner()
+  study_lib.run_study(study, str(tmp_path / "runs"), runner=runner, log=lambda _: None)
+  spec = [s for s in study.specs() if s.seed == 1][0]
+  cmd = study_lib.train_command(study, spec, spec.workdir(str(tmp_path / "runs" / "tiny")))
+  assert f"--config.train.init_from={tmp_path}/runs/tiny/v/seed1" in cmd
+  for ref in ("@run:eps_later", "@run:from_v"):  # declared later or itself, or no such run
+    bad = body.replace('"@run:v"', f'"{ref}"')
+    with pytest.raises(ConfigError, match="not a training run declared before it"):
+      study_lib.load_study(_study_file(tmp_path, body=bad))
+
+
+@pytest.mark.parametrize("path", sorted(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "studies", f)
+    for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "studies")) if f.endswith(".py")))
+def test_every_shipped_study_validates(path):
+  study = study_lib.load_study(path)
+  configs = study_lib.validate_study(study)
+  assert len(configs) == len(study.runs) * len(study.seeds) >= 2

@@ -22,6 +22,7 @@ from vdm_jax.study.spec import (
     RunSpec,
     Study,
     StudyEval,
+    resolve_run_refs,
     validate_study,
 )
 from vdm_jax.study.table import aggregate, markdown_table
@@ -36,8 +37,10 @@ def flag_value(value: Any) -> str:
 
 
 def train_command(study: Study, spec: RunSpec, workdir: str) -> list[str]:
+  """train.py for the run; "@run:NAME" values become NAME's workdir (workdir is base/run/seedN)."""
+  overrides = resolve_run_refs(spec.overrides, os.path.dirname(os.path.dirname(workdir)), spec.seed)
   return [sys.executable, os.path.join(REPO, "train.py"), f"--config={study.config}",
-          f"--workdir={workdir}"] + [f"--config.{k}={flag_value(v)}" for k, v in spec.overrides.items()]
+          f"--workdir={workdir}"] + [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()]
 
 
 def sample_command(protocol: StudyEval, seed: int, workdir: str, output_dir: str) -> list[str]:

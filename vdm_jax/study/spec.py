@@ -112,6 +112,26 @@ def _settings(run: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in run.items() if k not in ("evaluation", "train_as")}
 
 
+RUN_REF = "@run:"  # an override "@run:NAME" is run NAME's workdir for the same seed (train.init_from)
+
+
+def _check_run_refs(path: str, runs: dict[str, dict[str, Any]]) -> None:
+  """A "@run:NAME" value must name a training run declared earlier (runs train in file order)."""
+  names = list(runs)
+  for i, (name, run) in enumerate(runs.items()):
+    for key, value in _settings(run).items():
+      other = value[len(RUN_REF):] if isinstance(value, str) and value.startswith(RUN_REF) else None
+      if other is not None and (other not in names[:i] or "train_as" in runs[other]):
+        raise ConfigError(f"{path}: run {name!r} sets {key}={value!r}, but {other!r} is not a training "
+                          f"run declared before it (runs train in file order); runs: {names}")
+
+
+def resolve_run_refs(overrides: dict[str, Any], base: str, seed: int) -> dict[str, Any]:
+  """overrides with each "@run:NAME" replaced by base/NAME/seed<seed> (RunSpec.workdir's layout)."""
+  return {k: os.path.join(base, v[len(RUN_REF):], f"seed{seed}")
+          if isinstance(v, str) and v.startswith(RUN_REF) else v for k, v in overrides.items()}
+
+
 def _resolve_train_as(path: str, runs: dict[str, dict[str, Any]]) -> None:
   """A "train_as" row takes its config from the row it names, and may set nothing else."""
   for name, run in runs.items():
@@ -145,6 +165,7 @@ def load_study(path: str, *, only: Sequence[str] = (), seeds: Sequence[int] = ()
     raise ConfigError(f"{path}: unknown keys {unknown}, missing keys {missing}; a study has {STUDY_KEYS}")
   runs = {str(k): dict(v) for k, v in raw["runs"].items()}
   _resolve_train_as(path, runs)
+  _check_run_refs(path, runs)
   bad = sorted(set(only) - set(runs))
   if bad:
     raise ConfigError(f"--only names runs {bad} that {path} does not have; its runs: {sorted(runs)}")

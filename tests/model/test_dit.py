@@ -27,11 +27,12 @@ TINY = ModelConfig(backbone="dit", hidden_size=32, head_dim=8, depth=1, mlp_rati
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def random_state(config: ModelConfig, seed: int = 0, scale: float = 0.2):
-  """(graphdef, state) with every parameter random: adaLN-Zero's zero layers would hide everything.
+def random_state(config: ModelConfig, seed: int = 0, scale: float = 0.2, cls=DiT):
+  """(graphdef, state) of cls (default the DiT) with every parameter random: zero-initialised
+  layers (adaLN-Zero, output projections) would hide everything.
 
   Built from shapes and filled with numpy noise (no init program to compile)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(0))))
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(seed)
 
   def fill(path, x):

@@ -12,30 +12,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.model.test_dit import FAST_COMPILE, random_state
 from vdm_jax.denoiser import Conditioning, make_denoise_fn
 from vdm_jax.model import DiT, ModelConfig, UNet, split_params
 
 B, T, S = 2, 4, 8
 UNET = dict(base_channels=8, channel_mult=(1,), attention_resolutions=(), image_size=S, head_dim=8,
             norm_groups=4, temporal_attention="none")
-# Tests check values, not speed: a lower XLA optimisation level halves compile time on 2 cores.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 DIT = dict(backbone="dit", hidden_size=16, head_dim=8, depth=1, mlp_ratio=1.0, image_size=S, max_frames=T)
 
 
 def random_model(cls, config: ModelConfig, seed: int = 0):
   """The model with every parameter random (zero-initialised output layers would hide the input)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    if path[-1] == "key":
-      return jax.random.key(seed)
-    if path[-1] == "count":
-      return jnp.zeros(x.shape, x.dtype)
-    return jnp.asarray(0.2 * rng.standard_normal(x.shape), x.dtype)
-  return nnx.merge(graphdef, nnx.State.from_flat_path(
-      {p: v.replace(fill(p, v)) for p, v in nnx.to_flat_state(state)}))
+  return nnx.merge(*random_state(config, seed, cls=cls))
 
 
 def _inputs():

@@ -242,7 +242,11 @@ AUTO_GRAIN_MIN_CORES = 5  # data.loader="auto" picks grain for encoded frames fr
 def resolve_loader(config: DataConfig) -> str:
   """The training loader that config.data.loader names: "numpy" or "grain".
 
-  "auto", from benchmarks/input_pipeline.py (batch 8; 2 cores at load 8-10; two runs, videos/s):
+  "auto", from benchmarks/input_pipeline.py (batch 8, videos/s). Quiet 2 cores (load 1.7-3.0):
+    raw moving_shapes numpy 2,029, grain 2,738 / 1,330 / 2,245 / 2,690 with 0 / 1 / 2 / 4 workers;
+    PNG frames numpy 310, grain 181 / 134 / 255 / 264. Either is 40x what the default step takes
+    (~52 videos/s), so numpy stays the raw-set default (no worker start-up, no extra package).
+  Two earlier runs on loaded cores (load 8-10):
     raw uint8 tensors (the embedded sets; folder sets by default): numpy on any host. numpy
       3,353 / 1,595 against grain 2,101 / 1,541 with 0 workers, 1,286 / 1,052 with 1 and
       1,092 / 1,142 with 2: a clip decompresses fast, so worker processes only add their hand-off.

@@ -16,10 +16,10 @@ from vdm_jax import data, diffusion
 from vdm_jax.config import ExperimentConfig
 from vdm_jax.generation.sampler import FRAME_METHODS
 from vdm_jax.metrics import video_io
+from vdm_jax.model.config import MICRO_CONDITIONING  # also GenerateOptions' field names
 from vdm_jax.parallel.host import check_fits_in_memory
 
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(diffusion.SamplerConfig))
-MICRO_OPTIONS = ("fps", "motion")  # GenerateOptions fields that condition a micro-conditioned model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +166,7 @@ def micro_values(exp: ExperimentConfig, opts: GenerateOptions,
   set's median (`medians`, else data.dataset_info's). ValueError for a value the model was not
   trained with, or a negative one."""
   names = exp.model.micro_conditioning
-  given = {n: getattr(opts, n) for n in MICRO_OPTIONS if getattr(opts, n) is not None}
+  given = {n: getattr(opts, n) for n in MICRO_CONDITIONING if getattr(opts, n) is not None}
   extra = sorted(set(given) - set(names))
   if extra:
     raise ValueError(f"--{extra[0]} was given but the model was not trained with {extra[0]} "

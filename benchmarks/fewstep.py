@@ -27,17 +27,16 @@ import sys
 from typing import Any
 
 SAMPLERS = ("ddim", "ancestral", "dpmpp2m")
-TEMPORAL = ("colour_shift", "object_colour_change", "object_count_instability", "object_size_change",
-            "object_acceleration")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+  from vdm_jax.metrics.temporal import TEMPORAL_METRICS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, help="The trained model (the students' first teacher).")
   p.add_argument("--students", default="", help="Comma-separated distilled workdirs.")
   p.add_argument("--calls", default="1,2,4,8,16,32,64,256", help="Comma-separated model-call counts.")
   p.add_argument("--samplers", default=",".join(SAMPLERS))
-  p.add_argument("--metrics", default=",".join(("fvd", "colour_drift") + TEMPORAL))
+  p.add_argument("--metrics", default=",".join(("fvd", "colour_drift") + TEMPORAL_METRICS))
   p.add_argument("--num_samples", type=int, default=256)
   p.add_argument("--num_frames", type=int, default=0, help="0: the model's clip length.")
   p.add_argument("--seed", type=int, default=0)
